@@ -1,0 +1,290 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/patu-dev/patu/bpf"
+)
+
+const usage = `usage: patu [--bpffs DIR] COMMAND [ARGS]
+
+commands:
+  load [--bp-shift N] [--bp-floor BYTES]   load and pin Patu (idempotent; replaces programs in place)
+  unload                                   remove Patu; live connections keep working
+  attach CGROUP_DIR                        attach sockops to a cgroup v2 directory (idempotent)
+  detach CGROUP_DIR                        detach it (established sockets keep their path)
+  endpoint add IP [--name NS/POD] [--no-redirect]
+  endpoint del IP
+  endpoint list [-o json]
+  status [-o json]                         programs, attachments, endpoints, counters
+
+global flags:
+  --bpffs DIR   pin directory (default /sys/fs/bpf/patu)
+`
+
+type usageError struct{ msg string }
+
+func (u usageError) Error() string { return u.msg }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(format, args...)} }
+
+func run(ctx context.Context, args []string) error {
+	return runTo(ctx, os.Stdout, args)
+}
+
+func runTo(_ context.Context, out io.Writer, args []string) error {
+	global := flag.NewFlagSet("patu", flag.ContinueOnError)
+	global.SetOutput(io.Discard)
+	pinDir := global.String("bpffs", bpf.DefaultPinDir, "pin directory")
+	if err := global.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(out, usage)
+			return nil
+		}
+		return usagef("%v", err)
+	}
+	args = global.Args()
+	if len(args) == 0 {
+		return usagef("no command")
+	}
+	cmd, args := args[0], args[1:]
+	if cmd == "help" {
+		fmt.Fprint(out, usage)
+		return nil
+	}
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("%s needs root (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON): run with sudo", cmd)
+	}
+	switch cmd {
+	case "load":
+		return cmdLoad(out, *pinDir, args)
+	case "unload":
+		return cmdUnload(out, *pinDir, args)
+	case "attach", "detach":
+		return cmdAttach(out, *pinDir, cmd, args)
+	case "endpoint":
+		return cmdEndpoint(out, *pinDir, args)
+	case "status":
+		return cmdStatus(out, *pinDir, args)
+	default:
+		return usagef("unknown command %q", cmd)
+	}
+}
+
+func cmdLoad(out io.Writer, pinDir string, args []string) error {
+	fs := flag.NewFlagSet("load", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	shift := fs.Uint("bp-shift", 0, "receiver queue mark: rcvbuf << N")
+	floor := fs.Uint("bp-floor", 0, "receiver queue mark floor in bytes")
+	deferPassive := fs.Uint("test-defer-passive", 0, "")
+	if err := fs.Parse(args); err != nil {
+		return usagef("load: %v", err)
+	}
+	d, err := bpf.Load(bpf.Options{
+		PinDir:            pinDir,
+		BackpressureShift: uint32(*shift),
+		BackpressureFloor: uint32(*floor),
+		TestDeferPassive:  uint32(*deferPassive),
+	})
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	fmt.Fprintf(out, "patu loaded, pinned under %s\n", pinDir)
+	return nil
+}
+
+func cmdUnload(out io.Writer, pinDir string, args []string) error {
+	if len(args) > 0 {
+		return usagef("unload takes no arguments")
+	}
+	res, err := bpf.Unload(pinDir)
+	if err != nil {
+		return err
+	}
+	if res.LiveSockets > 0 {
+		fmt.Fprintf(out, "patu unloaded; %d sockets are still in the socket map and keep their path until they close (kept: %s; patu unload again cleans up)\n", res.LiveSockets, res.Kept)
+		return nil
+	}
+	fmt.Fprintln(out, "patu unloaded")
+	return nil
+}
+
+func cmdAttach(out io.Writer, pinDir, cmd string, args []string) error {
+	if len(args) != 1 {
+		return usagef("%s takes one CGROUP_DIR", cmd)
+	}
+	d, err := bpf.Open(pinDir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if cmd == "attach" {
+		return d.Attach(args[0])
+	}
+	return d.Detach(args[0])
+}
+
+func cmdEndpoint(out io.Writer, pinDir string, args []string) error {
+	if len(args) == 0 {
+		return usagef("endpoint needs add, del or list")
+	}
+	sub, args := args[0], args[1:]
+	fs := flag.NewFlagSet("endpoint "+sub, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	name := fs.String("name", "", "NS/POD")
+	noRedirect := fs.Bool("no-redirect", false, "opt the endpoint out")
+	format := fs.String("o", "table", "table or json")
+	// Flags may follow the IP, as in "endpoint add 10.0.0.2 --name a/b".
+	var pos []string
+	for len(args) > 0 {
+		if err := fs.Parse(args); err != nil {
+			return usagef("endpoint %s: %v", sub, err)
+		}
+		args = fs.Args()
+		if len(args) > 0 {
+			pos = append(pos, args[0])
+			args = args[1:]
+		}
+	}
+	d, err := bpf.Open(pinDir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	switch sub {
+	case "add", "del":
+		if len(pos) != 1 {
+			return usagef("endpoint %s takes one IP", sub)
+		}
+		ip, err := netip.ParseAddr(pos[0])
+		if err != nil {
+			return usagef("endpoint %s: %q is not an IP address", sub, pos[0])
+		}
+		if sub == "del" {
+			return d.DeleteEndpoint(ip)
+		}
+		return d.AddEndpoint(bpf.Endpoint{IP: ip, Name: *name, NoRedirect: *noRedirect})
+	case "list":
+		eps, err := d.Endpoints()
+		if err != nil {
+			return err
+		}
+		if *format == "json" {
+			return writeJSON(out, eps)
+		}
+		writeEndpoints(out, eps)
+		return nil
+	default:
+		return usagef("unknown endpoint command %q", sub)
+	}
+}
+
+func writeEndpoints(out io.Writer, eps []bpf.Endpoint) {
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "IP\tNAME\tREDIRECT")
+	for _, ep := range eps {
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", ep.IP, orDash(ep.Name), onOff(!ep.NoRedirect))
+	}
+	tw.Flush()
+}
+
+// Status is what `patu status -o json` prints.
+type Status struct {
+	PinDir      string           `json:"pin_dir"`
+	LiveSockets int              `json:"live_sockets"`
+	Attachments []bpf.Attachment `json:"attachments"`
+	Endpoints   []bpf.Endpoint   `json:"endpoints"`
+	Counters    bpf.Counters     `json:"counters"`
+}
+
+func cmdStatus(out io.Writer, pinDir string, args []string) error {
+	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	format := fs.String("o", "table", "table or json")
+	if err := fs.Parse(args); err != nil {
+		return usagef("status: %v", err)
+	}
+	d, err := bpf.Open(pinDir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	st := Status{PinDir: pinDir}
+	if st.LiveSockets, err = d.LiveSockets(); err != nil {
+		return err
+	}
+	if st.Attachments, err = d.Attachments(); err != nil {
+		return err
+	}
+	if st.Endpoints, err = d.Endpoints(); err != nil {
+		return err
+	}
+	if st.Counters, err = d.Counters(); err != nil {
+		return err
+	}
+	if *format == "json" {
+		return writeJSON(out, st)
+	}
+	c := st.Counters
+	fmt.Fprintf(out, "pinned under %s, %d sockets in the socket map\n\n", pinDir, st.LiveSockets)
+	fmt.Fprintln(out, "attached cgroups:")
+	for _, a := range st.Attachments {
+		gone := ""
+		if a.Gone {
+			gone = " (gone)"
+		}
+		fmt.Fprintf(out, "  %s%s\n", a.Path, gone)
+	}
+	fmt.Fprintln(out, "\nendpoints:")
+	writeEndpoints(out, st.Endpoints)
+	fmt.Fprintln(out, "\nsockets:")
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "  seen\t%d\n  inserted\t%d\n  closed\t%d\n  skipped: not local\t%d\n  skipped: opted out\t%d\n  skipped: mptcp\t%d\n  skipped: ulp/ktls\t%d\n  insert failed: state\t%d\n  insert failed: map\t%d\n  read with recvmsg\t%d\n",
+		c.SocketsSeen, c.SocketsInserted, c.SocketsClosed, c.SkipNotLocal, c.SkipOptOut, c.SkipMPTCP, c.SkipULP, c.InsertFailState, c.InsertFailMap, c.RecvProven)
+	tw.Flush()
+	fmt.Fprintln(out, "\ntraffic:")
+	tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "  redirected\t%d msgs\t%d bytes\n", c.RedirectMsgs, c.RedirectBytes)
+	reasons := make([]string, 0, len(c.Fallback))
+	for r := range c.Fallback {
+		reasons = append(reasons, r)
+	}
+	sort.Strings(reasons)
+	for _, r := range reasons {
+		t := c.Fallback[r]
+		fmt.Fprintf(tw, "  tcp: %s\t%d msgs\t%d bytes\n", strings.ReplaceAll(r, "_", " "), t.Msgs, t.Bytes)
+	}
+	fmt.Fprintf(tw, "  promotions to redirect\t%d\n  backpressure trips\t%d\n", c.Promotions, c.BackpressureTrips)
+	return tw.Flush()
+}
+
+func writeJSON(out io.Writer, v any) error {
+	enc := json.NewEncoder(out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func onOff(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
