@@ -26,9 +26,11 @@ const volatile __u32 bp_shift = 1;
 const volatile __u32 bp_floor = 0;
 
 /*
- * Fault injection for tests: when non-zero, accepted sockets are put into
- * the map only after this many RTT samples instead of at establishment, so
- * the peer of a connection is reliably late.
+ * Fault injection for tests: when non-zero, the record of an accepted
+ * socket, which is what lets senders find it, is published only after this
+ * many RTT samples instead of at establishment, so the peer of a connection
+ * is reliably late. (The socket map itself can only be updated at
+ * establishment.)
  */
 const volatile __u32 test_defer_passive = 0;
 
@@ -115,19 +117,26 @@ static __always_inline int eligible(const struct sock_key *key)
 	return 1;
 }
 
-static __always_inline void insert(struct bpf_sock_ops *skops, struct bpf_sock *sk,
-				   struct tcp_sock *tp, struct sk_state *st)
+static __always_inline int publish(struct bpf_sock_ops *skops, struct tcp_sock *tp, struct sk_state *st)
 {
 	struct sock_rec rec = {};
 
-	/* Publish the record before the map entry: a sender that finds the
-	 * record but not the entry falls back to TCP, never the reverse. */
 	rec.addr = (__u64)tp;
 	rec.cookie = bpf_get_socket_cookie(skops);
 	if (bpf_map_update_elem(&patu_sock_recs, &st->own_key, &rec, BPF_ANY)) {
 		count(CNT_INSERT_FAIL_STATE, 1);
-		return;
+		return -1;
 	}
+	return 0;
+}
+
+static __always_inline void insert(struct bpf_sock_ops *skops, struct tcp_sock *tp,
+				   struct sk_state *st, int publish_now)
+{
+	/* Publish the record before the map entry: a sender that finds the
+	 * record but not the entry falls back to TCP, never the reverse. */
+	if (publish_now && publish(skops, tp, st))
+		return;
 	/* NOEXIST: replacing an entry would drop a live socket's queue. */
 	if (bpf_sock_hash_update(skops, &patu_socks, &st->own_key, BPF_NOEXIST)) {
 		bpf_map_delete_elem(&patu_sock_recs, &st->own_key);
@@ -135,8 +144,15 @@ static __always_inline void insert(struct bpf_sock_ops *skops, struct bpf_sock *
 		return;
 	}
 	st->in_map = 1;
-	bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);
 	count(CNT_SOCK_INSERTED, 1);
+	if (publish_now) {
+		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+		return;
+	}
+	/* Test mode: the record, which is what makes the peer visible to
+	 * senders, appears only after st->defer RTT samples. */
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG |
+					  BPF_SOCK_OPS_RTT_CB_FLAG);
 }
 
 static __always_inline void on_established(struct bpf_sock_ops *skops, int passive)
@@ -177,10 +193,10 @@ static __always_inline void on_established(struct bpf_sock_ops *skops, int passi
 
 	if (passive && test_defer_passive) {
 		st->defer = test_defer_passive;
-		bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_RTT_CB_FLAG);
+		insert(skops, tp, st, 0);
 		return;
 	}
-	insert(skops, sk, tp, st);
+	insert(skops, tp, st, 1);
 }
 
 static __always_inline void on_rtt(struct bpf_sock_ops *skops)
@@ -194,10 +210,10 @@ static __always_inline void on_rtt(struct bpf_sock_ops *skops)
 	st = bpf_sk_storage_get(&patu_sk_state, sk, 0, 0);
 	if (!st || !st->defer || --st->defer)
 		return;
-	bpf_sock_ops_cb_flags_set(skops, 0);
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags & ~BPF_SOCK_OPS_RTT_CB_FLAG);
 	tp = bpf_skc_to_tcp_sock(sk);
 	if (tp)
-		insert(skops, sk, tp, st);
+		publish(skops, tp, st);
 }
 
 static __always_inline void on_close(struct bpf_sock_ops *skops)
