@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -34,9 +35,10 @@ type Options struct {
 	// Zero values select the defaults (shift 1, no floor).
 	BackpressureShift uint32
 	BackpressureFloor uint32
-	// TestDeferPassive delays putting accepted sockets into the map by
-	// this many RTT samples. Fault injection for tests only.
-	TestDeferPassive uint32
+	// TestLatePeer hides each accepted socket from senders for a random
+	// time up to this long, as if its establishment lost the race with
+	// the first send. Fault injection for tests only.
+	TestLatePeer time.Duration
 }
 
 // Datapath is a handle on Patu's pinned maps. Close releases the handles;
@@ -94,10 +96,10 @@ func Load(opts Options) (*Datapath, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read embedded programs: %w", err)
 	}
-	for name, v := range map[string]uint32{
-		"bp_shift":           opts.BackpressureShift,
-		"bp_floor":           opts.BackpressureFloor,
-		"test_defer_passive": opts.TestDeferPassive,
+	for name, v := range map[string]any{
+		"bp_shift":          opts.BackpressureShift,
+		"bp_floor":          opts.BackpressureFloor,
+		"test_late_peer_ns": uint64(opts.TestLatePeer.Nanoseconds()),
 	} {
 		if err := spec.Variables[name].Set(v); err != nil {
 			return nil, fmt.Errorf("set %s: %w", name, err)

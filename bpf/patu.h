@@ -90,6 +90,7 @@ struct sock_rec {
 	__u64 cookie; /* socket cookie, to tell a reused address from the peer */
 	__u32 flags;  /* enum sock_rec_flags, changed only with atomics */
 	__u32 pad;
+	__u64 visible_after; /* test fault injection: ktime before which senders ignore it */
 };
 
 /* The path of one direction (this socket's sends). */
@@ -120,7 +121,7 @@ struct sk_state {
 	__u8 reason;      /* enum fallback_reason when mode is PATH_TCP */
 	__u8 proven;      /* SOCK_RECV_PROVEN already published */
 	__u8 in_map;      /* this socket is in patu_socks */
-	__u32 defer;      /* RTT samples left before a deferred insert (tests) */
+	__u8 pad[4];
 };
 
 enum counter {

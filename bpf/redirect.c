@@ -26,13 +26,12 @@ const volatile __u32 bp_shift = 1;
 const volatile __u32 bp_floor = 0;
 
 /*
- * Fault injection for tests: when non-zero, the record of an accepted
- * socket, which is what lets senders find it, is published only after this
- * many RTT samples instead of at establishment, so the peer of a connection
- * is reliably late. (The socket map itself can only be updated at
- * establishment.)
+ * Fault injection for tests: when non-zero, the record of each accepted
+ * socket, which is what lets senders find it, stays invisible for a random
+ * 0..test_late_peer_ns after establishment, so the peer of a connection is
+ * late as it can be when its establishment races the first send.
  */
-const volatile __u32 test_defer_passive = 0;
+const volatile __u64 test_late_peer_ns = 0;
 
 static __always_inline void fallback(__u32 reason, __u32 size)
 {
@@ -117,26 +116,21 @@ static __always_inline int eligible(const struct sock_key *key)
 	return 1;
 }
 
-static __always_inline int publish(struct bpf_sock_ops *skops, struct tcp_sock *tp, struct sk_state *st)
+static __always_inline void insert(struct bpf_sock_ops *skops, struct tcp_sock *tp,
+				   struct sk_state *st, int passive)
 {
 	struct sock_rec rec = {};
 
-	rec.addr = (__u64)tp;
-	rec.cookie = bpf_get_socket_cookie(skops);
-	if (bpf_map_update_elem(&patu_sock_recs, &st->own_key, &rec, BPF_ANY)) {
-		count(CNT_INSERT_FAIL_STATE, 1);
-		return -1;
-	}
-	return 0;
-}
-
-static __always_inline void insert(struct bpf_sock_ops *skops, struct tcp_sock *tp,
-				   struct sk_state *st, int publish_now)
-{
 	/* Publish the record before the map entry: a sender that finds the
 	 * record but not the entry falls back to TCP, never the reverse. */
-	if (publish_now && publish(skops, tp, st))
+	rec.addr = (__u64)tp;
+	rec.cookie = bpf_get_socket_cookie(skops);
+	if (passive && test_late_peer_ns)
+		rec.visible_after = bpf_ktime_get_ns() + bpf_get_prandom_u32() % test_late_peer_ns;
+	if (bpf_map_update_elem(&patu_sock_recs, &st->own_key, &rec, BPF_ANY)) {
+		count(CNT_INSERT_FAIL_STATE, 1);
 		return;
+	}
 	/* NOEXIST: replacing an entry would drop a live socket's queue. */
 	if (bpf_sock_hash_update(skops, &patu_socks, &st->own_key, BPF_NOEXIST)) {
 		bpf_map_delete_elem(&patu_sock_recs, &st->own_key);
@@ -144,15 +138,8 @@ static __always_inline void insert(struct bpf_sock_ops *skops, struct tcp_sock *
 		return;
 	}
 	st->in_map = 1;
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 	count(CNT_SOCK_INSERTED, 1);
-	if (publish_now) {
-		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
-		return;
-	}
-	/* Test mode: the record, which is what makes the peer visible to
-	 * senders, appears only after st->defer RTT samples. */
-	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG |
-					  BPF_SOCK_OPS_RTT_CB_FLAG);
 }
 
 static __always_inline void on_established(struct bpf_sock_ops *skops, int passive)
@@ -191,29 +178,7 @@ static __always_inline void on_established(struct bpf_sock_ops *skops, int passi
 	swap_key(&key, &st->peer_key);
 	st->mode = PATH_TCP_WAIT;
 
-	if (passive && test_defer_passive) {
-		st->defer = test_defer_passive;
-		insert(skops, tp, st, 0);
-		return;
-	}
-	insert(skops, tp, st, 1);
-}
-
-static __always_inline void on_rtt(struct bpf_sock_ops *skops)
-{
-	struct bpf_sock *sk = skops->sk;
-	struct tcp_sock *tp;
-	struct sk_state *st;
-
-	if (!sk)
-		return;
-	st = bpf_sk_storage_get(&patu_sk_state, sk, 0, 0);
-	if (!st || !st->defer || --st->defer)
-		return;
-	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags & ~BPF_SOCK_OPS_RTT_CB_FLAG);
-	tp = bpf_skc_to_tcp_sock(sk);
-	if (tp)
-		publish(skops, tp, st);
+	insert(skops, tp, st, passive);
 }
 
 static __always_inline void on_close(struct bpf_sock_ops *skops)
@@ -242,9 +207,6 @@ int patu_sockops(struct bpf_sock_ops *skops)
 		break;
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
 		on_established(skops, 1);
-		break;
-	case BPF_SOCK_OPS_RTT_CB:
-		on_rtt(skops);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
 		if (skops->args[1] == BPF_TCP_CLOSE)
@@ -319,7 +281,7 @@ static __always_inline int try_promote(struct sk_msg_md *msg, struct sk_state *s
 	if (!tp)
 		return tcp_for_good(st, FB_UNTRACKED, size);
 	rec = bpf_map_lookup_elem(&patu_sock_recs, &st->peer_key);
-	if (!rec)
+	if (!rec || (rec->visible_after && bpf_ktime_get_ns() < rec->visible_after))
 		return tcp_wait(st, FB_PEER_MISSING, size);
 	if (!(rec->flags & SOCK_RECV_PROVEN))
 		return tcp_wait(st, FB_NOT_PROVEN, size);

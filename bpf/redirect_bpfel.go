@@ -78,7 +78,7 @@ type redirectSkState struct {
 	Reason     uint8
 	Proven     uint8
 	InMap      uint8
-	Defer      uint32
+	Pad        [4]uint8
 }
 
 type redirectSockKey struct {
@@ -90,11 +90,12 @@ type redirectSockKey struct {
 }
 
 type redirectSockRec struct {
-	_      structs.HostLayout
-	Addr   uint64
-	Cookie uint64
-	Flags  uint32
-	Pad    uint32
+	_            structs.HostLayout
+	Addr         uint64
+	Cookie       uint64
+	Flags        uint32
+	Pad          uint32
+	VisibleAfter uint64
 }
 
 // Names of all BPF objects in the ELF.
@@ -111,7 +112,7 @@ const (
 	redirectProgPatuSockops      = "patu_sockops"
 	redirectVarBpFloor           = "bp_floor"
 	redirectVarBpShift           = "bp_shift"
-	redirectVarTestDeferPassive  = "test_defer_passive"
+	redirectVarTestLatePeerNs    = "test_late_peer_ns"
 	redirectVarUnusedCounter     = "unused_counter"
 	redirectVarUnusedEndpointKey = "unused_endpoint_key"
 	redirectVarUnusedMode        = "unused_mode"
@@ -182,7 +183,7 @@ type redirectMapSpecs struct {
 type redirectVariableSpecs struct {
 	BpFloor           *ebpf.VariableSpec `ebpf:"bp_floor"`
 	BpShift           *ebpf.VariableSpec `ebpf:"bp_shift"`
-	TestDeferPassive  *ebpf.VariableSpec `ebpf:"test_defer_passive"`
+	TestLatePeerNs    *ebpf.VariableSpec `ebpf:"test_late_peer_ns"`
 	UnusedCounter     *ebpf.VariableSpec `ebpf:"unused_counter"`
 	UnusedEndpointKey *ebpf.VariableSpec `ebpf:"unused_endpoint_key"`
 	UnusedMode        *ebpf.VariableSpec `ebpf:"unused_mode"`
@@ -232,7 +233,7 @@ func (m *redirectMaps) Close() error {
 type redirectVariables struct {
 	BpFloor           *ebpf.Variable `ebpf:"bp_floor"`
 	BpShift           *ebpf.Variable `ebpf:"bp_shift"`
-	TestDeferPassive  *ebpf.Variable `ebpf:"test_defer_passive"`
+	TestLatePeerNs    *ebpf.Variable `ebpf:"test_late_peer_ns"`
 	UnusedCounter     *ebpf.Variable `ebpf:"unused_counter"`
 	UnusedEndpointKey *ebpf.Variable `ebpf:"unused_endpoint_key"`
 	UnusedMode        *ebpf.Variable `ebpf:"unused_mode"`

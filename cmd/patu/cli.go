@@ -86,7 +86,7 @@ func cmdLoad(out io.Writer, pinDir string, args []string) error {
 	fs.SetOutput(io.Discard)
 	shift := fs.Uint("bp-shift", 0, "receiver queue mark: rcvbuf << N")
 	floor := fs.Uint("bp-floor", 0, "receiver queue mark floor in bytes")
-	deferPassive := fs.Uint("test-defer-passive", 0, "")
+	latePeer := fs.Duration("test-late-peer", 0, "")
 	if err := fs.Parse(args); err != nil {
 		return usagef("load: %v", err)
 	}
@@ -94,7 +94,7 @@ func cmdLoad(out io.Writer, pinDir string, args []string) error {
 		PinDir:            pinDir,
 		BackpressureShift: uint32(*shift),
 		BackpressureFloor: uint32(*floor),
-		TestDeferPassive:  uint32(*deferPassive),
+		TestLatePeer:      *latePeer,
 	})
 	if err != nil {
 		return err
