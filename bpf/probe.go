@@ -20,8 +20,16 @@ var lsmPath = "/sys/kernel/security/lsm"
 // needs and names what is missing.
 func Probe() error {
 	var missing []string
-	if _, err := btf.LoadKernelSpec(); err != nil {
+	kspec, err := btf.LoadKernelSpec()
+	if err != nil {
 		missing = append(missing, "kernel BTF (CONFIG_DEBUG_INFO_BTF)")
+	} else {
+		// The receive proof hooks this tracepoint (Linux 6.6+); without it
+		// no receiver could be proven safe from splice(2).
+		var tp *btf.Typedef
+		if err := kspec.TypeByName("btf_trace_sock_recv_length", &tp); err != nil {
+			missing = append(missing, "tracepoint sock:sock_recv_length (Linux 6.6 or newer)")
+		}
 	}
 	for _, pt := range []struct {
 		t    ebpf.ProgramType

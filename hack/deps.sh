@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what building and testing Patu needs on Debian 12, and only what
+# is missing, so that it is cheap to run before every test run.
+set -euo pipefail
+
+pkgs=(
+	clang llvm libbpf-dev linux-libc-dev # go generate: eBPF C -> bpf2go
+	iproute2 ethtool                     # test topologies
+	sockperf iperf3                      # benchmarks
+)
+
+missing=()
+for p in "${pkgs[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+	if [ "$(id -u)" != 0 ]; then
+		echo "missing Debian packages: ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})" >&2
+		exit 1
+	fi
+	echo "installing: ${missing[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v go >/dev/null; then
+	echo "go not found: install Go 1.26 (https://go.dev/doc/install) and put it on PATH" >&2
+	exit 1
+fi
