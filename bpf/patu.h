@@ -147,6 +147,7 @@ enum counter {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 4096);
 	__type(key, struct endpoint_key);
 	__type(value, struct endpoint);
@@ -155,7 +156,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 16384);
 	__type(key, struct sock_key);
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
@@ -163,10 +164,11 @@ struct {
 
 /* LRU, so records of sockets whose close went unseen (their cgroup was
  * detached first) age out by themselves. A missing record only ever makes
- * a sender fall back to TCP. */
+ * a sender fall back to TCP. LRU maps are preallocated: 16k records cost
+ * about 2 MiB of kernel memory, sized for edge nodes. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 16384);
 	__type(key, struct sock_key);
 	__type(value, struct sock_rec);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
