@@ -115,8 +115,7 @@ enum fallback_reason {
 struct sk_state {
 	struct sock_key own_key;
 	struct sock_key peer_key;
-	__u64 peer_addr;
-	__u64 peer_cookie;
+	__u64 peer_addr; /* kernel address of the peer, set when first redirecting */
 	__u8 mode;        /* enum path_mode */
 	__u8 reason;      /* enum fallback_reason when mode is PATH_TCP */
 	__u8 proven;      /* SOCK_RECV_PROVEN already published */

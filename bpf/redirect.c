@@ -33,6 +33,8 @@ const volatile __u32 bp_floor = 0;
  */
 const volatile __u64 test_late_peer_ns = 0;
 
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
+
 static __always_inline void fallback(__u32 reason, __u32 size)
 {
 	if (reason >= FB_MAX)
@@ -235,13 +237,16 @@ static __always_inline int tcp_for_good(struct sk_state *st, __u32 reason, __u32
 
 static __always_inline int redirect(struct sk_msg_md *msg, struct sk_state *st, __u32 size)
 {
-	struct sock *psk = (struct sock *)st->peer_addr;
-	int rmem = 0, rcvbuf = 0;
+	/* An untrusted typed view of the peer: its loads are JIT-ed as plain
+	 * loads guarded by an exception table, with no helper call, and read
+	 * zero if the peer is gone. */
+	struct sock *psk = bpf_rdonly_cast((void *)st->peer_addr, bpf_core_type_id_kernel(struct sock));
+	int rmem, rcvbuf;
 
-	/* Two loads of the peer's accounting: since 6.13 redirected bytes
-	 * are charged to the receiver's sk_rmem_alloc until read. */
-	bpf_core_read(&rmem, sizeof(rmem), &psk->sk_backlog.rmem_alloc.counter);
-	bpf_core_read(&rcvbuf, sizeof(rcvbuf), &psk->sk_rcvbuf);
+	/* Since 6.13 redirected bytes are charged to the receiver's
+	 * sk_rmem_alloc until read. */
+	rmem = psk->sk_backlog.rmem_alloc.counter;
+	rcvbuf = psk->sk_rcvbuf;
 	if ((__u32)rmem > high_mark(rcvbuf)) {
 		/* Safe at any moment: the receiver drains its redirect queue
 		 * before its TCP queue. TCP flow control now blocks us. */
@@ -274,9 +279,9 @@ static __always_inline int try_promote(struct sk_msg_md *msg, struct sk_state *s
 	struct sock_rec *rec;
 	struct tcp_sock *ptp;
 	struct sock *psk;
-	int rmem = 0, rcvbuf = 0;
-	__u32 copied = 0;
-	__u64 cookie = 0;
+	int rmem, rcvbuf;
+	__u32 copied;
+	__u64 cookie;
 
 	if (!tp)
 		return tcp_for_good(st, FB_UNTRACKED, size);
@@ -286,13 +291,14 @@ static __always_inline int try_promote(struct sk_msg_md *msg, struct sk_state *s
 	if (!(rec->flags & SOCK_RECV_PROVEN))
 		return tcp_wait(st, FB_NOT_PROVEN, size);
 
-	psk = (struct sock *)rec->addr;
-	ptp = (struct tcp_sock *)rec->addr;
-	bpf_core_read(&copied, sizeof(copied), &ptp->copied_seq);
-	bpf_core_read(&rmem, sizeof(rmem), &psk->sk_backlog.rmem_alloc.counter);
-	bpf_core_read(&rcvbuf, sizeof(rcvbuf), &psk->sk_rcvbuf);
+	psk = bpf_rdonly_cast((void *)rec->addr, bpf_core_type_id_kernel(struct sock));
+	ptp = bpf_rdonly_cast((void *)rec->addr, bpf_core_type_id_kernel(struct tcp_sock));
+	copied = ptp->copied_seq;
+	rmem = psk->sk_backlog.rmem_alloc.counter;
+	rcvbuf = psk->sk_rcvbuf;
 	/* Read last, so that a peer freed and reused under us shows here. */
-	bpf_core_read(&cookie, sizeof(cookie), &psk->__sk_common.skc_cookie.counter);
+	asm volatile("" ::: "memory");
+	cookie = psk->__sk_common.skc_cookie.counter;
 	if (cookie != rec->cookie)
 		return tcp_for_good(st, FB_PEER_GONE, size);
 	if (copied != tp->write_seq)
@@ -301,7 +307,6 @@ static __always_inline int try_promote(struct sk_msg_md *msg, struct sk_state *s
 		return tcp_wait(st, FB_BACKPRESSURE, size);
 
 	st->peer_addr = rec->addr;
-	st->peer_cookie = rec->cookie;
 	st->mode = PATH_REDIRECT;
 	count(CNT_PROMOTIONS, 1);
 	return redirect(msg, st, size);

@@ -69,16 +69,15 @@ const (
 )
 
 type redirectSkState struct {
-	_          structs.HostLayout
-	OwnKey     redirectSockKey
-	PeerKey    redirectSockKey
-	PeerAddr   uint64
-	PeerCookie uint64
-	Mode       uint8
-	Reason     uint8
-	Proven     uint8
-	InMap      uint8
-	Pad        [4]uint8
+	_        structs.HostLayout
+	OwnKey   redirectSockKey
+	PeerKey  redirectSockKey
+	PeerAddr uint64
+	Mode     uint8
+	Reason   uint8
+	Proven   uint8
+	InMap    uint8
+	Pad      [4]uint8
 }
 
 type redirectSockKey struct {
