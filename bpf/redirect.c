@@ -238,8 +238,9 @@ static __always_inline int tcp_for_good(struct sk_state *st, __u32 reason, __u32
 static __always_inline int redirect(struct sk_msg_md *msg, struct sk_state *st, __u32 size)
 {
 	/* An untrusted typed view of the peer: its loads are JIT-ed as plain
-	 * loads guarded by an exception table, with no helper call, and read
-	 * zero if the peer is gone. */
+	 * loads guarded by an exception table, with no helper call. A stale
+	 * read only matters for going back to redirect, which checks the
+	 * cookie; here the redirect itself fails if the peer left the map. */
 	struct sock *psk = bpf_rdonly_cast((void *)st->peer_addr, bpf_core_type_id_kernel(struct sock));
 	int rmem, rcvbuf;
 
