@@ -62,6 +62,11 @@ func runTo(_ context.Context, out io.Writer, args []string) error {
 		fmt.Fprint(out, usage)
 		return nil
 	}
+	switch cmd {
+	case "load", "unload", "attach", "detach", "endpoint", "status":
+	default:
+		return usagef("unknown command %q", cmd)
+	}
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("%s needs root (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON): run with sudo", cmd)
 	}
