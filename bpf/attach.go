@@ -11,7 +11,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-	"golang.org/x/sys/unix"
+	"github.com/patu-dev/patu/cgroup"
 )
 
 // cgroupPath is the value of patu_cgroup_paths: a NUL-padded path.
@@ -43,21 +43,10 @@ func openCgroupPaths(pinDir string) (*ebpf.Map, error) {
 	return m, nil
 }
 
-// cgroupID returns the id of a cgroup v2 directory (its inode number) after
-// checking that dir really is one.
+// cgroupID returns the id of a cgroup v2 directory after checking that dir
+// really is one: sockops attaches to cgroup v2 only.
 func cgroupID(dir string) (uint64, error) {
-	var fsst unix.Statfs_t
-	if err := unix.Statfs(dir, &fsst); err != nil {
-		return 0, fmt.Errorf("cgroup %s: %w", dir, err)
-	}
-	if fsst.Type != unix.CGROUP2_SUPER_MAGIC {
-		return 0, fmt.Errorf("%s is not a cgroup v2 directory (sockops attaches to cgroup v2 only)", dir)
-	}
-	var st unix.Stat_t
-	if err := unix.Stat(dir, &st); err != nil {
-		return 0, fmt.Errorf("stat cgroup %s: %w", dir, err)
-	}
-	return st.Ino, nil
+	return cgroup.ID(dir)
 }
 
 // Attach attaches the sockops program to a cgroup v2 directory; sockets
