@@ -32,7 +32,7 @@ type Options struct {
 	PinDir string
 	// BackpressureShift and BackpressureFloor set the receiver queue mark
 	// above which a direction falls back to TCP: max(rcvbuf<<shift, floor).
-	// Zero values select the defaults (shift 1, no floor).
+	// Zero values select the defaults (shift 1, floor 2 MiB).
 	BackpressureShift uint32
 	BackpressureFloor uint32
 	// TestLatePeer hides each accepted socket from senders for a random
@@ -76,6 +76,9 @@ func Load(opts Options) (*Datapath, error) {
 	}
 	if opts.BackpressureShift == 0 {
 		opts.BackpressureShift = 1
+	}
+	if opts.BackpressureFloor == 0 {
+		opts.BackpressureFloor = 2 << 20
 	}
 	if err := EnsureBPFFS(opts.PinDir); err != nil {
 		return nil, err

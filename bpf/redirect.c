@@ -21,9 +21,11 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
  * Backpressure marks. A direction falls back to TCP when the receiver has
  * more than rcvbuf << bp_shift bytes queued (at least bp_floor), and comes
  * back once it has read everything sent over TCP and is below half of that.
+ * The floor matches what the bridge path lets a writer queue (~2 MB) so
+ * that a reader merely slower than its writer rarely trips it.
  */
 const volatile __u32 bp_shift = 1;
-const volatile __u32 bp_floor = 0;
+const volatile __u32 bp_floor = 2 << 20;
 
 /*
  * Fault injection for tests: when non-zero, the record of each accepted

@@ -1,0 +1,234 @@
+package integration
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/patu-dev/patu/bpf"
+	"github.com/patu-dev/patu/internal/testnet"
+)
+
+// peerBin is patu-testpeer, built once by TestMain.
+var peerBin string
+
+func TestMain(m *testing.M) {
+	os.Exit(runMain(m))
+}
+
+func runMain(m *testing.M) int {
+	if os.Getenv("PATU_SKIP_PRIVILEGED") == "1" {
+		fmt.Println("integration: PATU_SKIP_PRIVILEGED=1, privileged tests skip")
+		return m.Run()
+	}
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "integration tests need root (netns, cgroups, BPF); run as root or set PATU_SKIP_PRIVILEGED=1 to skip them")
+		return 1
+	}
+	dir, err := os.MkdirTemp("", "patu-it-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	peerBin = filepath.Join(dir, "patu-testpeer")
+	out, err := exec.Command("go", "build", "-o", peerBin, "github.com/patu-dev/patu/test/peer").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build patu-testpeer: %v\n%s", err, out)
+		return 1
+	}
+	return m.Run()
+}
+
+// mode is the path a scenario runs on.
+type mode string
+
+const (
+	bridgePath mode = "bridge" // Patu not loaded
+	patuPath   mode = "patu"   // Patu loaded, pods attached and registered
+)
+
+var bothPaths = []mode{bridgePath, patuPath}
+
+type env struct {
+	t    *testing.T
+	net  *testnet.Net
+	dp   *bpf.Datapath
+	mode mode
+}
+
+// setup builds a topology of n pods and, on the Patu path, loads Patu with
+// its own pin directory, attaches every pod and registers its addresses.
+// Each test passes its own prefix and subnet index so tests never collide
+// with each other or with a leftover of a crashed run.
+func setup(t *testing.T, prefix string, subnet int, n int, m mode, opts bpf.Options) *env {
+	t.Helper()
+	testnet.Privileged(t)
+	testnet.Sweep(prefix)
+	nt, err := testnet.New(testnet.Config{
+		Prefix:  prefix,
+		Subnet4: netip.MustParsePrefix(fmt.Sprintf("10.201.%d.0/24", subnet)),
+		Subnet6: netip.MustParsePrefix(fmt.Sprintf("fd00:201:%d::/64", subnet)),
+		Pods:    n,
+	})
+	if err != nil {
+		t.Fatalf("topology: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := nt.Close(); err != nil {
+			t.Errorf("remove topology: %v", err)
+		}
+	})
+	e := &env{t: t, net: nt, mode: m}
+	if m == patuPath {
+		opts.PinDir = "/sys/fs/bpf/patu-it-" + prefix
+		bpf.Unload(opts.PinDir) // leftovers of a crashed run
+		dp, err := bpf.Load(opts)
+		if err != nil {
+			t.Fatalf("load patu: %v", err)
+		}
+		e.dp = dp
+		t.Cleanup(func() {
+			dp.Close()
+			if _, err := bpf.Unload(opts.PinDir); err != nil {
+				t.Errorf("unload: %v", err)
+			}
+		})
+		for _, p := range nt.Pods {
+			e.register(p)
+		}
+	}
+	return e
+}
+
+// register attaches a pod's cgroup and registers both its addresses.
+func (e *env) register(p *testnet.Pod) {
+	e.t.Helper()
+	if err := e.dp.Attach(p.CgroupDir); err != nil {
+		e.t.Fatalf("attach %s: %v", p.Name, err)
+	}
+	for _, ip := range []netip.Addr{p.IPv4, p.IPv6} {
+		if err := e.dp.AddEndpoint(bpf.Endpoint{IP: ip, Name: "it/" + p.Name}); err != nil {
+			e.t.Fatalf("register %s: %v", ip, err)
+		}
+	}
+}
+
+func (e *env) counters() bpf.Counters {
+	e.t.Helper()
+	if e.dp == nil {
+		return bpf.Counters{}
+	}
+	c, err := e.dp.Counters()
+	if err != nil {
+		e.t.Fatalf("counters: %v", err)
+	}
+	return c
+}
+
+// serve starts a patu-testpeer server in pod p and waits until it listens.
+func (e *env) serve(p *testnet.Pod, addr netip.AddrPort, serveMode string, extra ...string) {
+	e.t.Helper()
+	ready := filepath.Join(e.t.TempDir(), "ready")
+	ctx, cancel := context.WithCancel(context.Background())
+	args := append([]string{"serve", "--listen", addr.String(), "--mode", serveMode, "--ready-file", ready}, extra...)
+	cmd := p.Command(ctx, peerBin, args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		cancel()
+		e.t.Fatalf("start server in %s: %v", p.Name, err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	e.t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := os.Stat(ready); err == nil {
+			return
+		}
+		select {
+		case <-done:
+			e.t.Fatalf("server %s exited before listening: %s", serveMode, stderr.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("server %s not ready after 10s: %s", serveMode, stderr.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// result is the JSON line patu-testpeer prints when it ends.
+type result struct {
+	Mode          string   `json:"mode"`
+	Conns         int      `json:"conns"`
+	OK            int      `json:"ok"`
+	Failed        int      `json:"failed"`
+	Bytes         int64    `json:"bytes"`
+	Errors        []string `json:"errors"`
+	AcceptedBytes int64    `json:"accepted_bytes"`
+	DurationNS    int64    `json:"duration_ns"`
+}
+
+// client runs patu-testpeer client in pod p to completion.
+func (e *env) client(p *testnet.Pod, timeout time.Duration, args ...string) (result, error) {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := p.Command(ctx, peerBin, append([]string{"client"}, args...)...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	runErr := cmd.Run()
+	var res result
+	if line := lastLine(stdout.Bytes()); line != "" {
+		if err := json.Unmarshal([]byte(line), &res); err != nil {
+			return res, fmt.Errorf("parse client result %q: %w", line, err)
+		}
+	}
+	if ctx.Err() != nil {
+		return res, fmt.Errorf("client %v timed out after %s (stderr: %s)", args, timeout, tail(stderr.String()))
+	}
+	if runErr != nil {
+		return res, fmt.Errorf("client %v: %w (result %+v, stderr: %s)", args, runErr, res, tail(stderr.String()))
+	}
+	return res, nil
+}
+
+func lastLine(b []byte) string {
+	var last string
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		if l := strings.TrimSpace(sc.Text()); l != "" {
+			last = l
+		}
+	}
+	return last
+}
+
+func tail(s string) string {
+	if len(s) > 2000 {
+		return "…" + s[len(s)-2000:]
+	}
+	return s
+}
+
+func addr(ip netip.Addr, port uint16) netip.AddrPort { return netip.AddrPortFrom(ip, port) }
+
+// families runs f for the IPv4 and the IPv6 address of pod p.
+func families(p *testnet.Pod) map[string]netip.Addr {
+	return map[string]netip.Addr{"ipv4": p.IPv4, "ipv6": p.IPv6}
+}
