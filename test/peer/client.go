@@ -32,6 +32,7 @@ type clientConfig struct {
 	bytes        int64
 	chunkMax     int
 	pauseMax     time.Duration
+	firstPause   time.Duration
 	probe        time.Duration
 	timeout      time.Duration
 	reportQueued bool
@@ -69,6 +70,7 @@ func runClient(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	fs.Int64Var(&cfg.bytes, "bytes", 0, "stream: payload bytes per connection; stall-probe: cap on what the writer sends (default 512 MiB); rst: cap (default 64 MiB)")
 	fs.IntVar(&cfg.chunkMax, "chunk-max", 0, "write in chunks of random size 1..N bytes (default: 64 KiB chunks, 16 KiB for stall-probe)")
 	fs.DurationVar(&cfg.pauseMax, "pause-max", 0, "pause a random time up to this between chunks")
+	fs.DurationVar(&cfg.firstPause, "first-pause", 0, "pause this long after the first chunk, as a client waiting for a reply would")
 	fs.DurationVar(&cfg.probe, "probe", time.Second, "stall-probe: how long to let the writer fill the stalled path")
 	fs.DurationVar(&cfg.timeout, "timeout", 0, "deadline per connection (default none; 10s for rst)")
 	fs.BoolVar(&cfg.reportQueued, "report-queued", false, "stall-probe: also report the socket's send queue at the end of the probe")
@@ -205,19 +207,21 @@ func (cl *client) payloadSize(i uint32) int64 {
 
 // writer writes a header and the pattern stream to a connection.
 type writer struct {
-	c        *net.TCPConn
-	cl       *client
-	h        pattern.Header
-	rng      *rand.Rand
-	chunkMax int
-	pauseMax time.Duration
+	c          *net.TCPConn
+	cl         *client
+	h          pattern.Header
+	rng        *rand.Rand
+	chunkMax   int
+	pauseMax   time.Duration
+	firstPause time.Duration
 	// sent is the payload written so far; written only by the writer's
 	// goroutine, read by others (stall-probe).
 	sent atomic.Int64
 }
 
 func (cl *client) newWriter(c *net.TCPConn, i uint32, h pattern.Header) *writer {
-	return &writer{c: c, cl: cl, h: h, rng: cl.rng(i, 2), chunkMax: cl.cfg.chunkMax, pauseMax: cl.cfg.pauseMax}
+	return &writer{c: c, cl: cl, h: h, rng: cl.rng(i, 2), chunkMax: cl.cfg.chunkMax, pauseMax: cl.cfg.pauseMax,
+		firstPause: cl.cfg.firstPause}
 }
 
 // write sends the header and payload bytes until limit (if >= 0) is
@@ -257,6 +261,9 @@ func (w *writer) write(limit int64, more func() bool) error {
 		head = 0
 		if (limit >= 0 && off >= limit) || (more != nil && !more()) {
 			return nil
+		}
+		if off == n && w.firstPause > 0 {
+			time.Sleep(w.firstPause)
 		}
 		if w.pauseMax > 0 {
 			time.Sleep(time.Duration(w.rng.Int64N(int64(w.pauseMax))))
