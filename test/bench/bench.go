@@ -202,19 +202,28 @@ func (bn *bench) loadPatu() (*bpf.Datapath, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load patu: %w", err)
 	}
+	if err := bn.register(dp); err != nil {
+		// Roll back: the next bridge run must not find Patu loaded.
+		if _, uerr := bn.unloadPatu(dp); uerr != nil {
+			err = errors.Join(err, uerr)
+		}
+		return nil, err
+	}
+	return dp, nil
+}
+
+func (bn *bench) register(dp *bpf.Datapath) error {
 	for _, p := range []*testnet.Pod{bn.a, bn.b} {
 		if err := dp.Attach(p.CgroupDir); err != nil {
-			dp.Close()
-			return nil, fmt.Errorf("attach %s: %w", p.Name, err)
+			return fmt.Errorf("attach %s: %w", p.Name, err)
 		}
 		for _, ip := range []netip.Addr{p.IPv4, p.IPv6} {
 			if err := dp.AddEndpoint(bpf.Endpoint{IP: ip, Name: "bench/" + p.Name}); err != nil {
-				dp.Close()
-				return nil, fmt.Errorf("register %s: %w", ip, err)
+				return fmt.Errorf("register %s: %w", ip, err)
 			}
 		}
 	}
-	return dp, nil
+	return nil
 }
 
 // unloadPatu removes Patu and returns how many sockets were still in its

@@ -37,11 +37,17 @@ func main() {
 	flag.DurationVar(&cfg.duration, "duration", 5*time.Second, "length of each measurement (whole seconds)")
 	flag.BoolVar(&cfg.quick, "quick", false, "1 run of 2 s: RR 64 B and 1 KiB, bulk 64 KiB only")
 	flag.StringVar(&cfg.only, "only", "", "run only rr or bulk measurements")
-	flag.StringVar(&cfg.out, "o", "out/bench.json", "write the JSON report here (empty: don't)")
+	flag.StringVar(&cfg.out, "o", "out/bench.json", "write the JSON report here, empty for none (-quick, -demo: out/bench-quick.json)")
 	flag.BoolVar(&cfg.demo, "demo", false, "show the redirect working, then a -quick comparison")
 	flag.StringVar(&cfg.pinDir, "pin-dir", pinDirBench, "bpffs directory for the benchmark's own Patu pins")
 	flag.BoolVar(&cfg.keep, "keep-output", false, "keep every tool's raw output in the JSON (default: only of failed runs)")
 	flag.Parse()
+	explicitOut := false
+	flag.Visit(func(f *flag.Flag) { explicitOut = explicitOut || f.Name == "o" })
+	if (cfg.quick || cfg.demo) && !explicitOut {
+		// A quick run must not overwrite the last full one.
+		cfg.out = "out/bench-quick.json"
+	}
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
