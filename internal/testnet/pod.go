@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/patu-dev/patu/netns"
 )
 
@@ -33,6 +35,11 @@ func init() {
 // program keeps that thread's namespace. It returns only on failure.
 func shim(nsPath, path string, argv []string) int {
 	err := netns.Do(nsPath, func() error {
+		// Pdeathsig was set on the thread the shim started on; the thread
+		// that execs becomes the process and needs its own.
+		if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL), 0, 0, 0); err != nil {
+			return fmt.Errorf("set parent death signal: %w", err)
+		}
 		return syscall.Exec(path, argv, os.Environ())
 	})
 	fmt.Fprintf(os.Stderr, "%s: exec %s in %s: %v\n", shimArg0, path, nsPath, err)

@@ -1,9 +1,7 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +14,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/patu-dev/patu/internal/peerresult"
 	"github.com/patu-dev/patu/internal/testnet"
 )
 
@@ -183,14 +182,7 @@ var fallbackReasons = []struct{ name, why string }{
 func mib(b uint64) float64 { return float64(b) / (1 << 20) }
 
 // peerResult is the JSON line patu-testpeer prints when it ends.
-type peerResult struct {
-	Mode   string   `json:"mode"`
-	Conns  int      `json:"conns"`
-	OK     int      `json:"ok"`
-	Failed int      `json:"failed"`
-	Bytes  int64    `json:"bytes"`
-	Errors []string `json:"errors"`
-}
+type peerResult struct{ peerresult.Result }
 
 func (r peerResult) summary() string {
 	return fmt.Sprintf("%d of %d connection(s) intact, %.0f MiB echoed and verified", r.OK, r.Conns, float64(r.Bytes)/(1<<20))
@@ -233,24 +225,20 @@ func startPeerServer(ctx context.Context, p *testnet.Pod, peer string, addr neti
 // A transfer with any failed connection is an error.
 func runPeerClient(ctx context.Context, p *testnet.Pod, peer string, args ...string) (peerResult, error) {
 	out, err := runClient(ctx, p, time.Minute, nil, peer, append([]string{"client"}, args...)...)
-	var res peerResult
-	var last string
-	sc := bufio.NewScanner(strings.NewReader(out))
-	for sc.Scan() {
-		if l := strings.TrimSpace(sc.Text()); strings.HasPrefix(l, "{") {
-			last = l
+	// Its stderr is mixed in: the result is the last JSON line.
+	var jsonLines strings.Builder
+	for _, l := range strings.Split(out, "\n") {
+		if l = strings.TrimSpace(l); strings.HasPrefix(l, "{") {
+			jsonLines.WriteString(l + "\n")
 		}
 	}
-	if last != "" {
-		if jerr := json.Unmarshal([]byte(last), &res); jerr != nil && err == nil {
-			err = fmt.Errorf("parse patu-testpeer result %q: %w", last, jerr)
-		}
-	}
+	r, perr := peerresult.Parse([]byte(jsonLines.String()))
+	res := peerResult{r}
 	if err != nil {
 		return res, err
 	}
-	if last == "" {
-		return res, fmt.Errorf("patu-testpeer printed no result: %s", tail(out, 1000))
+	if perr != nil {
+		return res, fmt.Errorf("%w: %s", perr, tail(out, 1000))
 	}
 	if res.Failed != 0 || res.OK != res.Conns {
 		return res, fmt.Errorf("patu-testpeer: %d of %d connections failed: %v", res.Failed, res.Conns, res.Errors)

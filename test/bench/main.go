@@ -33,8 +33,8 @@ type config struct {
 
 func main() {
 	var cfg config
-	flag.IntVar(&cfg.runs, "runs", 5, "repeat every measurement this many times")
-	flag.DurationVar(&cfg.duration, "duration", 5*time.Second, "length of each measurement (whole seconds)")
+	flag.IntVar(&cfg.runs, "runs", 3, "repeat every measurement this many times")
+	flag.DurationVar(&cfg.duration, "duration", 4*time.Second, "length of each measurement (whole seconds)")
 	flag.BoolVar(&cfg.quick, "quick", false, "1 run of 2 s: RR 64 B and 1 KiB, bulk 64 KiB only")
 	flag.StringVar(&cfg.only, "only", "", "run only rr or bulk measurements")
 	flag.StringVar(&cfg.out, "o", "out/bench.json", "write the JSON report here, empty for none (-quick, -demo: out/bench-quick.json)")

@@ -314,7 +314,8 @@ func writeTable(w io.Writer, rep report) {
 	}
 	tw.Flush()
 	fmt.Fprintln(w, "bridge and loopback runs have Patu unloaded: nothing can be redirected there. CPUs busy outside the pods:")
-	fmt.Fprintln(w, "kernel threads, this harness and anyone else on the machine; high or uneven values mean the CPU rows are noisy.")
+	fmt.Fprintln(w, "kernel threads, this harness and anyone else on the machine; high or uneven values mean the CPU rows are noisy")
+	fmt.Fprintln(w, "(slightly negative is normal: /proc/stat samples ticks, cgroups count exact time).")
 
 	// Say which runs failed and why, once per distinct reason.
 	seen := map[string]bool{}

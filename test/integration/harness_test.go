@@ -1,20 +1,19 @@
 package integration
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/patu-dev/patu/bpf"
+	"github.com/patu-dev/patu/internal/peerresult"
 	"github.com/patu-dev/patu/internal/testnet"
 )
 
@@ -171,17 +170,7 @@ func (e *env) serve(p *testnet.Pod, addr netip.AddrPort, serveMode string, extra
 	}
 }
 
-// result is the JSON line patu-testpeer prints when it ends.
-type result struct {
-	Mode          string   `json:"mode"`
-	Conns         int      `json:"conns"`
-	OK            int      `json:"ok"`
-	Failed        int      `json:"failed"`
-	Bytes         int64    `json:"bytes"`
-	Errors        []string `json:"errors"`
-	AcceptedBytes int64    `json:"accepted_bytes"`
-	DurationNS    int64    `json:"duration_ns"`
-}
+type result = peerresult.Result
 
 // client runs patu-testpeer client in pod p to completion.
 func (e *env) client(p *testnet.Pod, timeout time.Duration, args ...string) (result, error) {
@@ -192,11 +181,9 @@ func (e *env) client(p *testnet.Pod, timeout time.Duration, args ...string) (res
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	runErr := cmd.Run()
-	var res result
-	if line := lastLine(stdout.Bytes()); line != "" {
-		if err := json.Unmarshal([]byte(line), &res); err != nil {
-			return res, fmt.Errorf("parse client result %q: %w", line, err)
-		}
+	res, perr := peerresult.Parse(stdout.Bytes())
+	if perr != nil && !errors.Is(perr, peerresult.ErrNoResult) {
+		return res, perr
 	}
 	if ctx.Err() != nil {
 		return res, fmt.Errorf("client %v timed out after %s (stderr: %s)", args, timeout, tail(stderr.String()))
@@ -205,18 +192,6 @@ func (e *env) client(p *testnet.Pod, timeout time.Duration, args ...string) (res
 		return res, fmt.Errorf("client %v: %w (result %+v, stderr: %s)", args, runErr, res, tail(stderr.String()))
 	}
 	return res, nil
-}
-
-func lastLine(b []byte) string {
-	var last string
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		if l := strings.TrimSpace(sc.Text()); l != "" {
-			last = l
-		}
-	}
-	return last
 }
 
 func tail(s string) string {

@@ -11,31 +11,12 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/patu-dev/patu/internal/peerresult"
 )
 
 // result is the JSON line printed when a run ends.
-type result struct {
-	Mode   string `json:"mode"`
-	Conns  int    `json:"conns"`
-	OK     int    `json:"ok"`
-	Failed int    `json:"failed"`
-	// Bytes is the payload moved: sent and confirmed by the server
-	// (client), or received (server).
-	Bytes      int64    `json:"bytes"`
-	Errors     []string `json:"errors"`
-	DurationNS int64    `json:"duration_ns"`
-	// AcceptedBytes (stall-probe): payload write() had accepted when the
-	// probe ended, while the server did not read.
-	AcceptedBytes int64 `json:"accepted_bytes,omitempty"`
-	// QueuedBytes and UnsentBytes (stall-probe --report-queued): the
-	// socket's send queue (TIOCOUTQ) and its unsent part (SIOCOUTQNSD) at
-	// the end of the probe.
-	QueuedBytes *int64 `json:"queued_bytes,omitempty"`
-	UnsentBytes *int64 `json:"unsent_bytes,omitempty"`
-	// ErrorKinds counts how connections ended where an error is an
-	// acceptable outcome (rst, close-early): ECONNRESET, EPIPE, EOF, none...
-	ErrorKinds map[string]int `json:"error_kinds,omitempty"`
-}
+type result = peerresult.Result
 
 // maxErrors bounds the messages kept in a result.
 const maxErrors = 10
