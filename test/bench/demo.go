@@ -147,7 +147,7 @@ func demo(ctx context.Context, w io.Writer, bn *bench) error {
 	if !redirected {
 		return errors.New("demo: the transfer with patu was not redirected")
 	}
-	fmt.Fprintf(w, "\n4. Patu unloaded. Now a quick side-by-side measurement (1 run of 2 s each; `make bench` does 5 of 5 s):\n")
+	fmt.Fprintf(w, "\n4. Patu unloaded. Now a quick side-by-side measurement (1 run of 2 s each; `make bench` does 3 of 4 s):\n")
 	return nil
 }
 
