@@ -14,7 +14,7 @@
 // output is parsed, never guessed: a run whose tool failed is reported as
 // failed.
 //
-//	go run ./test/bench                 # 5 runs of 5 s; table on stdout, out/bench.json
+//	go run ./test/bench                 # 3 runs of 4 s; table on stdout, out/bench.json
 //	go run ./test/bench -quick          # 1 run of 2 s, RR 64 B / 1 KiB and bulk 64 KiB
 //	go run ./test/bench -demo           # a verified transfer with Patu's counters, then -quick
 //
