@@ -45,7 +45,6 @@ struct inet_connection_sock {
 struct tcp_sock {
 	__u32 copied_seq;
 	__u32 write_seq;
-	__u64 bytes_sent;
 	_Bool is_mptcp;
 } __attribute__((preserve_access_index));
 
