@@ -7,6 +7,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/features"
+	"golang.org/x/sys/unix"
 )
 
 // Probe checks that the running kernel has everything the socket path
@@ -46,8 +47,39 @@ func Probe() error {
 			missing = append(missing, mt.name)
 		}
 	}
+	if err := kernelAtLeast(6, 13); err != nil {
+		missing = append(missing, err.Error())
+	}
 	if len(missing) > 0 {
 		return fmt.Errorf("%w: %s", ErrNotSupported, strings.Join(missing, "; "))
 	}
 	return nil
+}
+
+// kernelAtLeast checks the running kernel's release. Before 6.13 the kernel
+// did not charge redirected bytes to the receiver's sk_rmem_alloc, so the
+// backpressure mark would never trip and a stalled reader could make a
+// writer queue without bound.
+func kernelAtLeast(major, minor int) error {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return fmt.Errorf("uname: %w", err)
+	}
+	release := unix.ByteSliceToString(u.Release[:])
+	ok, err := releaseAtLeast(release, major, minor)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("kernel %s is older than %d.%d (redirected bytes are not charged to the receiver there, so backpressure cannot work)", release, major, minor)
+	}
+	return nil
+}
+
+func releaseAtLeast(release string, major, minor int) (bool, error) {
+	var maj, min int
+	if _, err := fmt.Sscanf(release, "%d.%d", &maj, &min); err != nil {
+		return false, fmt.Errorf("parse kernel release %q: %w", release, err)
+	}
+	return maj > major || (maj == major && min >= minor), nil
 }
