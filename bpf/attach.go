@@ -43,18 +43,12 @@ func openCgroupPaths(pinDir string) (*ebpf.Map, error) {
 	return m, nil
 }
 
-// cgroupID returns the id of a cgroup v2 directory after checking that dir
-// really is one: sockops attaches to cgroup v2 only.
-func cgroupID(dir string) (uint64, error) {
-	return cgroup.ID(dir)
-}
-
 // Attach attaches the sockops program to a cgroup v2 directory; sockets
 // created by processes in it or below it become eligible for redirect.
 // Attaching again is a no-op that moves the cgroup to the current program.
 func (d *Datapath) Attach(dir string) error {
 	dir = filepath.Clean(dir)
-	id, err := cgroupID(dir)
+	id, err := cgroup.ID(dir)
 	if err != nil {
 		return err
 	}
@@ -97,7 +91,7 @@ func (d *Datapath) rememberCgroup(id uint64, dir string) error {
 // cgroup that no longer exists, is not an error.
 func (d *Datapath) Detach(dir string) error {
 	dir = filepath.Clean(dir)
-	id, err := cgroupID(dir)
+	id, err := cgroup.ID(dir)
 	if err != nil {
 		// The cgroup may be gone already: find it by its remembered path.
 		var ok bool
@@ -152,7 +146,7 @@ func (d *Datapath) Attachments() ([]Attachment, error) {
 		if err := d.cgroups.Lookup(id, &p); err == nil {
 			a.Path = string(bytes.TrimRight(p[:], "\x00"))
 		}
-		if got, err := cgroupID(a.Path); err != nil || got != id {
+		if got, err := cgroup.ID(a.Path); err != nil || got != id {
 			a.Gone = true
 		}
 		out = append(out, a)

@@ -5,34 +5,17 @@ import (
 	"io/fs"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 
-	"github.com/patu-dev/patu/cgroup"
 	"github.com/patu-dev/patu/internal/testnet"
 )
 
 // testPinDir is this package's own pin directory, apart from the default
 // one and from other packages' tests.
 const testPinDir = "/sys/fs/bpf/patu-test-bpf"
-
-func testCgroup(t *testing.T) string {
-	t.Helper()
-	mnt, err := cgroup.Mount2()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := filepath.Join(mnt, "patu-test-bpf")
-	cgroup.Remove(dir)
-	if err := os.Mkdir(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cgroup.Remove(dir) })
-	return dir
-}
 
 func sockopsLinkProg(t *testing.T, d *Datapath, id uint64) ebpf.ProgramID {
 	t.Helper()
@@ -56,7 +39,7 @@ func TestLoadIsIdempotentAndUpgradesInPlace(t *testing.T) {
 	testnet.Privileged(t)
 	Unload(testPinDir)
 	t.Cleanup(func() { Unload(testPinDir) })
-	cg := testCgroup(t)
+	cg := testnet.Cgroup(t, "patu-test-bpf")
 
 	d, err := Load(Options{PinDir: testPinDir})
 	if err != nil {

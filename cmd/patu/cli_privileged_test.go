@@ -4,12 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/patu-dev/patu/cgroup"
 	"github.com/patu-dev/patu/internal/testnet"
 )
 
@@ -19,18 +16,9 @@ import (
 func TestCLIRoundTrip(t *testing.T) {
 	testnet.Privileged(t)
 	pin := "/sys/fs/bpf/patu-test-cli"
-	mnt, err := cgroup.Mount2()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cg := filepath.Join(mnt, "patu-test-cli")
-	cgroup.Remove(cg)
-	if err := os.Mkdir(cg, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	cg := testnet.Cgroup(t, "patu-test-cli")
 	t.Cleanup(func() {
 		runTo(context.Background(), &bytes.Buffer{}, []string{"--bpffs", pin, "unload"})
-		cgroup.Remove(cg)
 	})
 	run := func(args ...string) string {
 		t.Helper()

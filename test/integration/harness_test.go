@@ -203,7 +203,7 @@ func tail(s string) string {
 
 func addr(ip netip.Addr, port uint16) netip.AddrPort { return netip.AddrPortFrom(ip, port) }
 
-// families runs f for the IPv4 and the IPv6 address of pod p.
+// families names the IPv4 and the IPv6 address of pod p.
 func families(p *testnet.Pod) map[string]netip.Addr {
 	return map[string]netip.Addr{"ipv4": p.IPv4, "ipv6": p.IPv6}
 }
