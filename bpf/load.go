@@ -50,6 +50,7 @@ type Datapath struct {
 	sockRecs  *ebpf.Map
 	counters  *ebpf.Map
 	cgroups   *ebpf.Map
+	pods      *ebpf.Map
 }
 
 // PinDir returns the bpffs directory of this datapath.
@@ -57,7 +58,7 @@ func (d *Datapath) PinDir() string { return d.pinDir }
 
 // Close releases the map handles. Pinned state is left alone.
 func (d *Datapath) Close() error {
-	for _, m := range []*ebpf.Map{d.endpoints, d.socks, d.sockRecs, d.counters, d.cgroups} {
+	for _, m := range []*ebpf.Map{d.endpoints, d.socks, d.sockRecs, d.counters, d.cgroups, d.pods} {
 		if m != nil {
 			m.Close()
 		}
@@ -128,6 +129,10 @@ func Load(opts Options) (*Datapath, error) {
 	// Not needed by any program, only by Load and the CLI.
 	objs.PatuSkState.Close()
 	if d.cgroups, err = openCgroupPaths(opts.PinDir); err != nil {
+		d.Close()
+		return nil, err
+	}
+	if d.pods, err = openPods(opts.PinDir); err != nil {
 		d.Close()
 		return nil, err
 	}
@@ -226,6 +231,10 @@ func Open(pinDir string) (*Datapath, error) {
 	}
 	var err error
 	if d.cgroups, err = openCgroupPaths(pinDir); err != nil {
+		d.Close()
+		return nil, err
+	}
+	if d.pods, err = openPods(pinDir); err != nil {
 		d.Close()
 		return nil, err
 	}

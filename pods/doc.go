@@ -1,0 +1,5 @@
+// Package pods registers and unregisters pods with the data plane: a pod
+// record in the pinned pod map, an endpoint per pod address, and the cgroup
+// attachments of the pod's containers. The CNI plugin, the watcher and the
+// OCI hook all go through it, so each of them can undo what another did.
+package pods

@@ -1,0 +1,198 @@
+package pods
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"slices"
+
+	"github.com/patu-dev/patu/bpf"
+	"github.com/patu-dev/patu/cgroup"
+)
+
+// OptOutAnnotation is the pod annotation that keeps a pod's sockets on TCP.
+const OptOutAnnotation = "patu.io/redirect"
+
+// OptedOut reports whether annotations opt a pod out of redirect.
+func OptedOut(annotations map[string]string) bool {
+	return annotations[OptOutAnnotation] == "false"
+}
+
+// endpointName is what the endpoint map shows for a pod (63 bytes at most).
+func endpointName(p bpf.Pod) string {
+	n := p.String()
+	if len(n) > 63 {
+		n = n[:63]
+	}
+	return n
+}
+
+// Register records a pod and registers its addresses as endpoints. The
+// record is written first, so that whatever a crash leaves behind is
+// reachable from a record that Unregister or a reconcile can undo. The
+// fields of an existing record that p leaves empty are kept, and its
+// cgroups are never dropped here: SetCgroups owns them.
+func Register(dp *bpf.Datapath, p bpf.Pod) (bpf.Pod, error) {
+	if old, err := dp.LookupPod(p.ID); err == nil {
+		p = merge(old, p)
+	} else if !errors.Is(err, bpf.ErrPodNotFound) {
+		return p, err
+	}
+	if err := dp.PutPod(p, bpf.PodUpsert); err != nil {
+		return p, err
+	}
+	for _, ip := range p.IPs {
+		err := dp.AddEndpoint(bpf.Endpoint{IP: ip, Name: endpointName(p), NoRedirect: p.NoRedirect})
+		if err != nil {
+			return p, fmt.Errorf("register pod %s: %w", p, err)
+		}
+	}
+	return p, nil
+}
+
+// merge returns the record p over old: p's non-empty fields win, sources
+// and cgroups accumulate, and the older creation time is kept.
+func merge(old, p bpf.Pod) bpf.Pod {
+	out := old
+	for _, f := range []struct {
+		dst *string
+		src string
+	}{
+		{&out.Namespace, p.Namespace}, {&out.Name, p.Name}, {&out.UID, p.UID}, {&out.Netns, p.Netns},
+	} {
+		if f.src != "" {
+			*f.dst = f.src
+		}
+	}
+	if len(p.IPs) > 0 {
+		out.IPs = p.IPs
+	}
+	if p.HostIfindex != 0 {
+		out.HostIfindex, out.HostMAC = p.HostIfindex, p.HostMAC
+	}
+	if p.PodMAC != nil {
+		out.PodMAC = p.PodMAC
+	}
+	out.NoRedirect = p.NoRedirect
+	out.Source |= p.Source
+	out.Confirmed = out.Confirmed || p.Confirmed
+	for _, id := range p.Cgroups {
+		if !slices.Contains(out.Cgroups, id) {
+			out.Cgroups = append(out.Cgroups, id)
+		}
+	}
+	if out.Created.IsZero() || (!p.Created.IsZero() && p.Created.Before(out.Created)) {
+		out.Created = p.Created
+	}
+	return out
+}
+
+// Unregister undoes Register and SetCgroups for one pod: it detaches the
+// pod's cgroups, deletes the endpoints no other pod holds, and deletes the
+// record. Live connections keep their path. A pod that is not recorded is
+// not an error: CNI DEL and stop events repeat. It reports whether a
+// record was found.
+func Unregister(dp *bpf.Datapath, id string) (bool, error) {
+	p, err := dp.LookupPod(id)
+	if errors.Is(err, bpf.ErrPodNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	var errs []error
+	for _, cg := range p.Cgroups {
+		if err := dp.DetachID(cg); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	held, err := heldByOthers(dp, p.ID)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, ip := range p.IPs {
+		if held[ip] {
+			continue
+		}
+		if err := dp.DeleteEndpoint(ip); err != nil && !errors.Is(err, bpf.ErrEndpointNotFound) {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		// Keep the record: it is what a retry needs to finish the job.
+		return true, fmt.Errorf("unregister pod %s: %w", p, errors.Join(errs...))
+	}
+	if err := dp.DeletePod(id); err != nil && !errors.Is(err, bpf.ErrPodNotFound) {
+		return true, err
+	}
+	return true, nil
+}
+
+// heldByOthers returns the addresses that pods other than id hold: an
+// address reused by a new pod must survive the removal of the old one.
+func heldByOthers(dp *bpf.Datapath, id string) (map[netip.Addr]bool, error) {
+	all, err := dp.Pods()
+	if err != nil {
+		return nil, err
+	}
+	held := map[netip.Addr]bool{}
+	for _, o := range all {
+		if o.ID == id {
+			continue
+		}
+		for _, ip := range o.IPs {
+			held[ip] = true
+		}
+	}
+	return held, nil
+}
+
+// SetCgroups makes dirs the pod's complete set of attached cgroups:
+// it attaches the new ones and detaches the ones no longer listed. It
+// returns ErrPodNotFound when the record went away meanwhile (the pod was
+// removed), after undoing its own attachments.
+func SetCgroups(dp *bpf.Datapath, id string, dirs []string) error {
+	p, err := dp.LookupPod(id)
+	if err != nil {
+		return err
+	}
+	if len(dirs) > bpf.MaxPodCgroups {
+		return fmt.Errorf("pod %s: %d cgroups, at most %d are tracked per pod", p, len(dirs), bpf.MaxPodCgroups)
+	}
+	want := make([]uint64, 0, len(dirs))
+	for _, dir := range dirs {
+		cg, err := cgroup.ID(dir)
+		if err != nil {
+			return fmt.Errorf("pod %s: %w", p, err)
+		}
+		if !slices.Contains(want, cg) {
+			want = append(want, cg)
+		}
+		// Attached again even when recorded: it is cheap, and it repairs a
+		// link that a crash or a manual detach removed.
+		if err := dp.Attach(filepath.Clean(dir)); err != nil {
+			return fmt.Errorf("pod %s: %w", p, err)
+		}
+	}
+	var errs []error
+	for _, cg := range p.Cgroups {
+		if !slices.Contains(want, cg) {
+			if err := dp.DetachID(cg); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	p.Cgroups = want
+	if err := dp.PutPod(p, bpf.PodReplace); err != nil {
+		if errors.Is(err, bpf.ErrPodNotFound) {
+			// Unregistered while we attached: do not leave attachments
+			// that no record owns.
+			for _, cg := range want {
+				dp.DetachID(cg)
+			}
+		}
+		return err
+	}
+	return errors.Join(errs...)
+}
