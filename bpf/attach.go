@@ -154,6 +154,12 @@ func (d *Datapath) Attachments() ([]Attachment, error) {
 	return out, nil
 }
 
+// IsAttached reports whether the sockops link of cgroup id is pinned.
+func (d *Datapath) IsAttached(id uint64) bool {
+	_, err := os.Stat(d.cgroupPin(id))
+	return err == nil
+}
+
 func (d *Datapath) cgroupPin(id uint64) string {
 	return filepath.Join(d.pinDir, dirCgroups, strconv.FormatUint(id, 10))
 }

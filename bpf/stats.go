@@ -1,7 +1,9 @@
 package bpf
 
 import (
+	"encoding/binary"
 	"fmt"
+	"net/netip"
 )
 
 // Counters are the data path's counters, summed over CPUs.
@@ -98,4 +100,26 @@ func (d *Datapath) Counters() (Counters, error) {
 // LiveSockets is the number of sockets in the socket map.
 func (d *Datapath) LiveSockets() (int, error) {
 	return countKeys(d.socks)
+}
+
+// SocketsByAddr counts the sockets in the socket map by local address:
+// the connections of each endpoint that Patu short-circuits.
+func (d *Datapath) SocketsByAddr() (map[netip.Addr]int, error) {
+	var (
+		k   redirectSockKey
+		v   redirectSockRec
+		out = map[netip.Addr]int{}
+	)
+	it := d.sockRecs.Iterate()
+	for it.Next(&k, &v) {
+		var b [16]byte
+		for i, w := range k.LocalIp {
+			binary.NativeEndian.PutUint32(b[4*i:], w)
+		}
+		out[netip.AddrFrom16(b).Unmap()]++
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("count sockets: %w", err)
+	}
+	return out, nil
 }

@@ -100,3 +100,21 @@ func TestUnescape(t *testing.T) {
 		}
 	}
 }
+
+func TestParseProcCgroup(t *testing.T) {
+	for _, tc := range []struct {
+		in, want string
+		ok       bool
+	}{
+		{"12:pids:/k8s.io/abc\n1:name=systemd:/k8s.io/abc\n0::/k8s.io/abc\n", "/k8s.io/abc", true},
+		{"0::/patu-pods/uid-1/ctr\n", "/patu-pods/uid-1/ctr", true},
+		{"0::/\n", "/", true},
+		{"12:pids:/x\n", "", false},
+		{"0::relative\n", "", false},
+	} {
+		got, err := parseProcCgroup([]byte(tc.in))
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("parseProcCgroup(%q) = %q, %v; want %q ok=%v", tc.in, got, err, tc.want, tc.ok)
+		}
+	}
+}

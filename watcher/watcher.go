@@ -1,0 +1,606 @@
+package watcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/patu-dev/patu/bpf"
+	"github.com/patu-dev/patu/cgroup"
+	"github.com/patu-dev/patu/pods"
+)
+
+// Sandbox is a pod sandbox as the runtime lists it.
+type Sandbox struct {
+	ID, Name, Namespace, UID string
+	Ready                    bool
+	IPs                      []netip.Addr
+	Annotations              map[string]string
+	Created                  time.Time
+}
+
+// SandboxInfo is what the watcher needs from a sandbox's verbose status.
+type SandboxInfo struct {
+	Pid   int
+	Netns string
+	// CgroupParent is the pod's cgroup parent as the pod config asked for
+	// it; empty when the runtime puts containers in their own cgroups.
+	CgroupParent string
+}
+
+// Container is a container as the runtime lists it.
+type Container struct {
+	ID, SandboxID string
+	// Live is true for created and running containers: the ones that
+	// have, or are about to have, processes.
+	Live bool
+}
+
+// Runtime is where the desired state comes from: the CRI lists.
+type Runtime interface {
+	Sandboxes(ctx context.Context) ([]Sandbox, error)
+	SandboxInfo(ctx context.Context, id string) (SandboxInfo, error)
+	Containers(ctx context.Context) ([]Container, error)
+	ContainerPid(ctx context.Context, id string) (int, error)
+}
+
+// EventKind says what an event reports.
+type EventKind int
+
+// The events the watcher tells apart; everything else only triggers a
+// reconcile.
+const (
+	EventOther EventKind = iota
+	// EventContainerCreated: a container's task exists; with a Pid, its
+	// process is waiting to exec the app.
+	EventContainerCreated
+	// EventContainerStarted: the app process runs.
+	EventContainerStarted
+)
+
+// Event is a runtime event, reduced to what the watcher uses.
+type Event struct {
+	Kind EventKind
+	ID   string
+	Pid  int
+	Time time.Time
+}
+
+// Source is an event stream. Watch calls fn for each event until the
+// stream ends (an error) or ctx is done (nil). An error matching
+// ErrUnsupported means the runtime does not serve this stream.
+type Source interface {
+	Name() string
+	Watch(ctx context.Context, fn func(Event)) error
+}
+
+// ErrUnsupported is returned by a Source the runtime does not serve.
+var ErrUnsupported = errors.New("event stream not served by this runtime")
+
+// Config configures a Watcher.
+type Config struct {
+	Datapath *bpf.Datapath
+	Runtime  Runtime
+	// Sources are tried in order; the first one the runtime serves is used.
+	Sources []Source
+	// Resync is the period of the full reconcile that runs even without
+	// events (default 5 minutes).
+	Resync time.Duration
+	// MinInterval is the least time between two reconciles, however many
+	// events arrive (default 50ms).
+	MinInterval time.Duration
+	// Grace is how long a pod recorded by the CNI plugin may stay without
+	// the runtime listing it as ready: its sandbox is still being created
+	// (default 2 minutes).
+	Grace time.Duration
+	// Cgroup2 is the cgroup v2 mount (found when empty).
+	Cgroup2 string
+	Log     *slog.Logger
+	Metrics *Metrics
+}
+
+// Watcher keeps the data plane's pods in step with the runtime.
+type Watcher struct {
+	cfg   Config
+	log   *slog.Logger
+	m     *Metrics
+	dirty chan struct{}
+
+	mu   sync.Mutex
+	pods map[string]*podState // by sandbox id, ready pods only
+	ctrs map[string]*ctrState // by container id, of ready pods
+}
+
+type podState struct {
+	id        string
+	netIno    uint64 // inode of the sandbox's network namespace
+	podCgroup string // "" when each container has its own cgroup
+	optOut    bool
+	readyAt   time.Time // when its cgroups first covered the pod
+}
+
+type ctrState struct {
+	sandbox   string
+	pid       int
+	cgroup    string
+	coveredAt time.Time // when its cgroup was first known attached
+	startedAt time.Time
+	gapDone   bool
+}
+
+// New returns a watcher; Run starts it.
+func New(cfg Config) (*Watcher, error) {
+	if cfg.Datapath == nil || cfg.Runtime == nil {
+		return nil, errors.New("watcher needs a datapath and a runtime")
+	}
+	if cfg.Resync == 0 {
+		cfg.Resync = 5 * time.Minute
+	}
+	if cfg.MinInterval == 0 {
+		cfg.MinInterval = 50 * time.Millisecond
+	}
+	if cfg.Grace == 0 {
+		cfg.Grace = 2 * time.Minute
+	}
+	if cfg.Cgroup2 == "" {
+		mnt, err := cgroup.Mount2()
+		if err != nil {
+			return nil, err
+		}
+		cfg.Cgroup2 = mnt
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = NewMetrics()
+	}
+	return &Watcher{
+		cfg:   cfg,
+		log:   cfg.Log,
+		m:     cfg.Metrics,
+		dirty: make(chan struct{}, 1),
+		pods:  map[string]*podState{},
+		ctrs:  map[string]*ctrState{},
+	}, nil
+}
+
+// Run reconciles at once, then on events, periodically, and after every
+// reconnect of the event stream, until ctx is done. Failures are retried
+// with backoff; Run returns only when ctx is done.
+func (w *Watcher) Run(ctx context.Context) error {
+	go w.watchEvents(ctx)
+	w.trigger()
+	resync := time.NewTimer(w.cfg.Resync)
+	defer resync.Stop()
+	retry := newBackoff(200*time.Millisecond, 30*time.Second)
+	var last time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-w.dirty:
+		case <-resync.C:
+		}
+		if wait := w.cfg.MinInterval - time.Since(last); wait > 0 {
+			// Let a burst of events collapse into one reconcile.
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(wait):
+			}
+		}
+		// Events that arrived until now are covered by this run.
+		select {
+		case <-w.dirty:
+		default:
+		}
+		last = time.Now()
+		err := w.Reconcile(ctx)
+		resync.Reset(w.cfg.Resync)
+		if err == nil {
+			retry.reset()
+			continue
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		d := retry.next()
+		w.log.Warn("reconcile failed", "error", err, "retry_in", d)
+		if !resync.Stop() {
+			select {
+			case <-resync.C:
+			default:
+			}
+		}
+		resync.Reset(d)
+	}
+}
+
+func (w *Watcher) trigger() {
+	select {
+	case w.dirty <- struct{}{}:
+	default:
+	}
+}
+
+// watchEvents follows the first source the runtime serves, reconnecting
+// with backoff when its stream ends. A reconnect triggers a reconcile,
+// since events may have been lost meanwhile.
+func (w *Watcher) watchEvents(ctx context.Context) {
+	if len(w.cfg.Sources) == 0 {
+		w.log.Info("no event source: reconciling periodically only", "resync", w.cfg.Resync)
+		return
+	}
+	retry := newBackoff(200*time.Millisecond, 30*time.Second)
+	i := 0
+	for ctx.Err() == nil {
+		src := w.cfg.Sources[i]
+		w.log.Info("watching runtime events", "source", src.Name())
+		started := time.Now()
+		connected := false
+		err := src.Watch(ctx, func(ev Event) {
+			if !connected {
+				connected = true
+				w.trigger()
+			}
+			w.m.event(src.Name())
+			w.handle(ev)
+		})
+		if ctx.Err() != nil {
+			return
+		}
+		if errors.Is(err, ErrUnsupported) && i+1 < len(w.cfg.Sources) {
+			w.log.Info("event source not served, trying the next", "source", src.Name(), "error", err)
+			i++
+			continue
+		}
+		if time.Since(started) > time.Minute {
+			retry.reset()
+		}
+		d := retry.next()
+		w.m.reconnect()
+		w.log.Warn("event stream ended, reconnecting", "source", src.Name(), "error", err, "retry_in", d)
+		w.trigger()
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(d):
+		}
+		// After a runtime restart, prefer the first source again.
+		i = 0
+	}
+}
+
+// handle reacts to one event. A new container's task is attached at once
+// when it joins a known pod whose containers have their own cgroups:
+// /tasks/create comes before the app process is released, so this is what
+// makes redirect live before the app runs. Everything else waits for the
+// reconcile the event triggers. Replayed or unknown events are harmless:
+// they can only cause a reconcile, or an attach that the reconcile checks.
+func (w *Watcher) handle(ev Event) {
+	defer w.trigger()
+	switch ev.Kind {
+	case EventContainerStarted:
+		w.mu.Lock()
+		if c := w.ctrs[ev.ID]; c != nil && c.startedAt.IsZero() {
+			c.startedAt = ev.Time
+			w.observeGap(c)
+		} else if c == nil {
+			w.ctrs[ev.ID] = &ctrState{startedAt: ev.Time}
+		}
+		w.mu.Unlock()
+	case EventContainerCreated:
+		if ev.Pid > 0 {
+			w.attachEarly(ev)
+		}
+	}
+}
+
+func (w *Watcher) attachEarly(ev Event) {
+	ino, err := netnsIno(ev.Pid)
+	if err != nil {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var pod *podState
+	for _, p := range w.pods {
+		if p.netIno == ino {
+			pod = p
+			break
+		}
+	}
+	if pod == nil || pod.optOut {
+		return
+	}
+	c := w.ctrs[ev.ID]
+	if c == nil {
+		c = &ctrState{}
+		w.ctrs[ev.ID] = c
+	}
+	c.sandbox, c.pid = pod.id, ev.Pid
+	if pod.podCgroup != "" {
+		return // covered by the pod cgroup already
+	}
+	dir, err := cgroup.OfPid(w.cfg.Cgroup2, ev.Pid)
+	if err != nil {
+		return
+	}
+	c.cgroup = dir
+	if err := pods.SetCgroups(w.cfg.Datapath, pod.id, w.containerCgroups(pod.id)); err != nil {
+		w.log.Debug("early attach failed; the reconcile retries", "sandbox", pod.id, "container", ev.ID, "error", err)
+		return
+	}
+	c.coveredAt = time.Now()
+	w.observeGap(c)
+	w.log.Debug("attached container before start", "sandbox", pod.id, "container", ev.ID, "cgroup", dir)
+}
+
+// containerCgroups lists the known cgroups of a pod's containers. w.mu held.
+func (w *Watcher) containerCgroups(sandbox string) []string {
+	var dirs []string
+	for _, c := range w.ctrs {
+		if c.sandbox == sandbox && c.cgroup != "" && !slices.Contains(dirs, c.cgroup) {
+			dirs = append(dirs, c.cgroup)
+		}
+	}
+	slices.Sort(dirs)
+	return dirs
+}
+
+// observeGap records, once per container, how long after its start its
+// sockets became eligible (negative: before it started). w.mu held.
+func (w *Watcher) observeGap(c *ctrState) {
+	if c.gapDone || c.coveredAt.IsZero() || c.startedAt.IsZero() {
+		return
+	}
+	c.gapDone = true
+	w.m.attachGap(c.coveredAt.Sub(c.startedAt))
+}
+
+// Reconcile makes the data plane match the runtime: every ready sandbox
+// with an address is registered, with its cgroups attached, and nothing
+// else is. It is idempotent.
+func (w *Watcher) Reconcile(ctx context.Context) error {
+	start := time.Now()
+	err := w.reconcile(ctx)
+	w.m.reconciled(time.Since(start), err)
+	return err
+}
+
+func (w *Watcher) reconcile(ctx context.Context) error {
+	rt := w.cfg.Runtime
+	sandboxes, err := rt.Sandboxes(ctx)
+	if err != nil {
+		return fmt.Errorf("list sandboxes: %w", err)
+	}
+	containers, err := rt.Containers(ctx)
+	if err != nil {
+		return fmt.Errorf("list containers: %w", err)
+	}
+	records, err := w.cfg.Datapath.Pods()
+	if err != nil {
+		return err
+	}
+	recs := make(map[string]bpf.Pod, len(records))
+	for _, r := range records {
+		recs[r.ID] = r
+	}
+	want := map[string]Sandbox{}
+	for _, s := range sandboxes {
+		if s.Ready && len(s.IPs) > 0 {
+			want[s.ID] = s
+		}
+	}
+
+	var errs []error
+	for id, s := range want {
+		if err := w.syncPod(ctx, s, recs[id], containers); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	now := time.Now()
+	for id, r := range recs {
+		if _, ok := want[id]; ok {
+			continue
+		}
+		if r.Source&(bpf.PodFromCNI|bpf.PodFromRuntime) == 0 {
+			continue // an OCI hook's container: the hook owns it
+		}
+		if !r.Confirmed && now.Sub(r.Created) < w.cfg.Grace {
+			continue // recorded by CNI ADD; its sandbox is not listed yet
+		}
+		if _, err := pods.Unregister(w.cfg.Datapath, id); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		w.log.Info("pod removed", "sandbox", id, "pod", r.String())
+	}
+	w.mu.Lock()
+	for id := range w.pods {
+		if _, ok := want[id]; !ok {
+			delete(w.pods, id)
+		}
+	}
+	for id, c := range w.ctrs {
+		if _, ok := want[c.sandbox]; !ok && (c.sandbox != "" || now.Sub(c.startedAt) > w.cfg.Grace) {
+			delete(w.ctrs, id)
+		}
+	}
+	w.m.setPods(len(w.pods))
+	w.mu.Unlock()
+	return errors.Join(errs...)
+}
+
+// syncPod registers one ready sandbox and attaches its cgroups.
+func (w *Watcher) syncPod(ctx context.Context, s Sandbox, rec bpf.Pod, containers []Container) error {
+	w.mu.Lock()
+	st := w.pods[s.ID]
+	w.mu.Unlock()
+	if st == nil {
+		info, err := w.cfg.Runtime.SandboxInfo(ctx, s.ID)
+		if err != nil {
+			return fmt.Errorf("sandbox %s: %w", s.ID, err)
+		}
+		st = &podState{id: s.ID}
+		if info.Pid > 0 {
+			if st.netIno, err = netnsIno(info.Pid); err != nil {
+				return fmt.Errorf("sandbox %s: %w", s.ID, err)
+			}
+			if info.CgroupParent != "" {
+				// The sandbox's own cgroup sits in the pod cgroup; taking
+				// its parent works for the cgroupfs and systemd drivers.
+				dir, err := cgroup.OfPid(w.cfg.Cgroup2, info.Pid)
+				if err != nil {
+					return fmt.Errorf("sandbox %s: %w", s.ID, err)
+				}
+				st.podCgroup = filepath.Dir(dir)
+			}
+		}
+		rec.Netns = info.Netns
+	}
+	st.optOut = pods.OptedOut(s.Annotations)
+
+	// Containers and their cgroups, when each has its own.
+	var dirs []string
+	if st.podCgroup != "" {
+		dirs = []string{st.podCgroup}
+	}
+	w.mu.Lock()
+	for _, c := range containers {
+		if c.SandboxID != s.ID || !c.Live {
+			continue
+		}
+		cs := w.ctrs[c.ID]
+		if cs == nil {
+			cs = &ctrState{}
+			w.ctrs[c.ID] = cs
+		}
+		cs.sandbox = s.ID
+		if st.podCgroup == "" && cs.cgroup == "" {
+			w.mu.Unlock()
+			pid, err := w.cfg.Runtime.ContainerPid(ctx, c.ID)
+			var dir string
+			if err == nil && pid > 0 {
+				dir, err = cgroup.OfPid(w.cfg.Cgroup2, pid)
+			}
+			w.mu.Lock()
+			if err != nil {
+				// Exited meanwhile, or not started yet: the next event
+				// brings it back.
+				w.log.Debug("container cgroup unknown", "container", c.ID, "error", err)
+				continue
+			}
+			cs.pid, cs.cgroup = pid, dir
+		}
+	}
+	live := map[string]bool{}
+	for _, c := range containers {
+		if c.SandboxID == s.ID && c.Live {
+			live[c.ID] = true
+		}
+	}
+	for id, cs := range w.ctrs {
+		if cs.sandbox == s.ID && !live[id] {
+			delete(w.ctrs, id)
+		}
+	}
+	if st.podCgroup == "" {
+		dirs = w.containerCgroups(s.ID)
+	}
+	w.mu.Unlock()
+	if st.optOut {
+		dirs = nil // nothing of an opted-out pod needs sockops
+	}
+
+	p := bpf.Pod{
+		ID: s.ID, Namespace: s.Namespace, Name: s.Name, UID: s.UID, Netns: rec.Netns,
+		IPs: s.IPs, NoRedirect: st.optOut, Source: bpf.PodFromRuntime, Confirmed: true, Created: s.Created,
+	}
+	if rec.ID == "" || !rec.Confirmed || rec.NoRedirect != p.NoRedirect || !slices.Equal(rec.IPs, p.IPs) ||
+		rec.Source&bpf.PodFromRuntime == 0 {
+		var err error
+		if rec, err = pods.Register(w.cfg.Datapath, p); err != nil {
+			return err
+		}
+		w.log.Info("pod registered", "sandbox", s.ID, "pod", rec.String(), "ips", rec.IPs,
+			"opt_out", rec.NoRedirect, "pod_cgroup", st.podCgroup)
+	}
+	if err := w.setCgroups(rec, dirs); err != nil {
+		return err
+	}
+	now := time.Now()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.pods[s.ID] == nil {
+		w.pods[s.ID] = st
+	}
+	if st.readyAt.IsZero() && len(dirs) > 0 {
+		st.readyAt = now
+	}
+	for _, cs := range w.ctrs {
+		if cs.sandbox != s.ID || !cs.coveredAt.IsZero() || len(dirs) == 0 {
+			continue
+		}
+		if st.podCgroup != "" || (cs.cgroup != "" && slices.Contains(dirs, cs.cgroup)) {
+			cs.coveredAt = now
+			if st.podCgroup != "" {
+				cs.coveredAt = st.readyAt
+			}
+			w.observeGap(cs)
+		}
+	}
+	return nil
+}
+
+// setCgroups attaches dirs to the pod when its recorded set differs.
+func (w *Watcher) setCgroups(rec bpf.Pod, dirs []string) error {
+	ids := make([]uint64, 0, len(dirs))
+	for _, d := range dirs {
+		id, err := cgroup.ID(d)
+		if err != nil {
+			return fmt.Errorf("pod %s: %w", rec, err)
+		}
+		ids = append(ids, id)
+	}
+	have := slices.Clone(rec.Cgroups)
+	slices.Sort(have)
+	slices.Sort(ids)
+	if slices.Equal(have, ids) && w.linksPresent(ids) {
+		return nil
+	}
+	if err := pods.SetCgroups(w.cfg.Datapath, rec.ID, dirs); err != nil {
+		return err
+	}
+	w.log.Info("cgroups attached", "sandbox", rec.ID, "pod", rec.String(), "cgroups", dirs)
+	return nil
+}
+
+// linksPresent checks the pins of the cgroup links: someone may have run
+// patu detach, or a crash may have lost one.
+func (w *Watcher) linksPresent(ids []uint64) bool {
+	for _, id := range ids {
+		if !w.cfg.Datapath.IsAttached(id) {
+			return false
+		}
+	}
+	return true
+}
+
+func netnsIno(pid int) (uint64, error) {
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/"+strconv.Itoa(pid)+"/ns/net", &st); err != nil {
+		return 0, fmt.Errorf("netns of pid %d: %w", pid, err)
+	}
+	return st.Ino, nil
+}
