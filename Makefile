@@ -12,9 +12,10 @@ help: ## list targets
 deps: ## install missing build/test packages (Debian)
 	@hack/deps.sh
 
-build: ## build the binaries into bin/
-	$(GO) build -trimpath -ldflags=-s -o $(BIN)/patu ./cmd/patu
-	$(GO) build -trimpath -o $(BIN)/patu-testpeer ./test/peer
+build: ## build the binaries into bin/ (static: they run on any node)
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags=-s -o $(BIN)/patu ./cmd/patu
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags=-s -o $(BIN)/patu-cni ./cmd/patu-cni
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/patu-testpeer ./test/peer
 
 generate: ## regenerate the eBPF objects and Go bindings from bpf/*.c
 	$(GO) generate ./bpf/

@@ -34,13 +34,35 @@ func endpointName(p bpf.Pod) string {
 // fields of an existing record that p leaves empty are kept, and its
 // cgroups are never dropped here: SetCgroups owns them.
 func Register(dp *bpf.Datapath, p bpf.Pod) (bpf.Pod, error) {
+	var dropped []netip.Addr
 	if old, err := dp.LookupPod(p.ID); err == nil {
 		p = merge(old, p)
+		for _, ip := range old.IPs {
+			if !slices.Contains(p.IPs, ip) {
+				dropped = append(dropped, ip)
+			}
+		}
 	} else if !errors.Is(err, bpf.ErrPodNotFound) {
 		return p, err
 	}
 	if err := dp.PutPod(p, bpf.PodUpsert); err != nil {
 		return p, err
+	}
+	if len(dropped) > 0 {
+		// The pod's address changed: its old one goes, unless another
+		// pod holds it by now.
+		held, err := heldByOthers(dp, p.ID)
+		if err != nil {
+			return p, err
+		}
+		for _, ip := range dropped {
+			if held[ip] {
+				continue
+			}
+			if err := dp.DeleteEndpoint(ip); err != nil && !errors.Is(err, bpf.ErrEndpointNotFound) {
+				return p, fmt.Errorf("register pod %s: %w", p, err)
+			}
+		}
 	}
 	for _, ip := range p.IPs {
 		err := dp.AddEndpoint(bpf.Endpoint{IP: ip, Name: endpointName(p), NoRedirect: p.NoRedirect})

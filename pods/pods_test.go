@@ -119,3 +119,19 @@ func attached(t *testing.T, dp *bpf.Datapath) int {
 	}
 	return len(atts)
 }
+
+// TestRegisterNewAddressDropsTheOld: a re-registered pod whose address
+// changed leaves no endpoint for its old address.
+func TestRegisterNewAddressDropsTheOld(t *testing.T) {
+	dp := load(t)
+	old, cur := netip.MustParseAddr("10.205.1.2"), netip.MustParseAddr("10.205.1.3")
+	for _, ip := range []netip.Addr{old, cur} {
+		if _, err := Register(dp, bpf.Pod{ID: "sb", IPs: []netip.Addr{ip}, Source: bpf.PodFromCNI}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eps, _ := dp.Endpoints()
+	if len(eps) != 1 || eps[0].IP != cur {
+		t.Fatalf("endpoints %+v, want only %s", eps, cur)
+	}
+}

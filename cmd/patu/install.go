@@ -1,0 +1,180 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+
+	"github.com/patu-dev/patu/install"
+)
+
+// installUsageLines go into the commands list of usage.
+const installUsageLines = `  install --profile PROFILE [flags]        place patu, patu-cni, the conflist and the unit (k3s|containerd; install -h)
+  uninstall --profile PROFILE [flags]      remove what install placed; files it did not write stay
+`
+
+const installUsage = `usage: patu install --profile k3s|containerd [flags]
+       patu uninstall --profile k3s|containerd [flags]
+
+install copies patu and patu-cni (as the CNI plugin "patu"), writes the
+conflist (bridge + host-local + portmap + patu) and patu.service. Only files
+that differ are written, each atomically; a second run changes nothing.
+uninstall removes those files unless someone else wrote or edited them.
+Neither runs systemctl nor unloads Patu.
+
+flags:
+  --profile k3s|containerd  where the files go:
+                              k3s:        CNI bin /var/lib/rancher/k3s/data/cni,
+                                          conf /var/lib/rancher/k3s/agent/etc/cni/net.d
+                              containerd: CNI bin /opt/cni/bin, conf /etc/cni/net.d
+  --pod-cidr CIDR           subnet host-local hands out; k3s: this node's podCIDR
+                            (default: the installed conflist's, else k3s 10.42.0.0/24,
+                            containerd 10.86.0.0/24)
+  --root DIR                prefix for every destination (default /)
+  --bin-dir DIR             for patu (default /usr/local/bin)
+  --cni-bin-dir DIR         for patu-cni, installed as "patu" (default: per profile)
+  --cni-conf-dir DIR        for 10-patu.conflist (default: per profile)
+  --systemd-dir DIR         for patu.service (default /etc/systemd/system)
+  --patu-cni FILE           patu-cni to install (default: patu-cni next to this patu)
+  --dry-run                 print what would change, change nothing
+`
+
+func cmdInstall(out io.Writer, args []string) error {
+	opts, err := parseInstallFlags(out, "install", args)
+	if err != nil || opts == nil {
+		return err
+	}
+	changes, err := install.Install(*opts)
+	printChanges(out, changes, opts.DryRun)
+	if err != nil {
+		return err
+	}
+	if opts.DryRun {
+		return nil
+	}
+	d, _ := install.Defaults(opts.Profile)
+	for _, c := range changes {
+		if opts.Profile == install.ProfileK3s && opts.PodCIDR == "" &&
+			filepath.Base(c.Path) == install.ConflistName && c.Action == install.Created {
+			fmt.Fprintf(out, "note: the conflist hands out %s; it must be this node's podCIDR:\n"+
+				"  kubectl get node $(hostname) -o jsonpath='{.spec.podCIDR}'   then: patu install --profile k3s --pod-cidr CIDR\n",
+				install.DefaultPodCIDR(opts.Profile))
+		}
+	}
+	if opts.Profile == install.ProfileK3s {
+		if hint := k3sBinDirHint(*opts, d); hint != "" {
+			fmt.Fprintln(out, hint)
+		}
+	}
+	for _, c := range changes {
+		if filepath.Base(c.Path) == install.UnitName && (c.Action == install.Created || c.Action == install.Updated) {
+			fmt.Fprintln(out, "next: systemctl daemon-reload && systemctl enable --now patu")
+			if c.Action == install.Updated {
+				fmt.Fprintln(out, "      (already running? systemctl restart patu)")
+			}
+		}
+	}
+	return nil
+}
+
+func cmdUninstall(out io.Writer, args []string) error {
+	opts, err := parseInstallFlags(out, "uninstall", args)
+	if err != nil || opts == nil {
+		return err
+	}
+	changes, err := install.Uninstall(*opts)
+	printChanges(out, changes, opts.DryRun)
+	if err != nil {
+		return err
+	}
+	if len(changes) == 0 {
+		fmt.Fprintln(out, "nothing to remove")
+	}
+	for _, c := range changes {
+		if c.Action == install.Kept {
+			fmt.Fprintln(out, "kept files were not written by patu install, or were edited since: remove them by hand if they are Patu's")
+			break
+		}
+	}
+	if !opts.DryRun {
+		fmt.Fprintln(out, "patu stays loaded until: systemctl disable --now patu; patu unload")
+	}
+	return nil
+}
+
+// parseInstallFlags returns nil options (and no error) after printing help.
+func parseInstallFlags(out io.Writer, cmd string, args []string) (*install.Options, error) {
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	var o install.Options
+	fs.StringVar(&o.Profile, "profile", "", "")
+	fs.StringVar(&o.PodCIDR, "pod-cidr", "", "")
+	fs.StringVar(&o.Root, "root", "", "")
+	fs.StringVar(&o.BinDir, "bin-dir", "", "")
+	fs.StringVar(&o.CNIBinDir, "cni-bin-dir", "", "")
+	fs.StringVar(&o.CNIConfDir, "cni-conf-dir", "", "")
+	fs.StringVar(&o.SystemdDir, "systemd-dir", "", "")
+	cni := fs.String("patu-cni", "", "")
+	fs.BoolVar(&o.DryRun, "dry-run", false, "")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(out, installUsage)
+			return nil, nil
+		}
+		return nil, usagef("%s: %v", cmd, err)
+	}
+	if fs.NArg() > 0 {
+		return nil, usagef("%s takes no arguments, got %q", cmd, fs.Args())
+	}
+	if o.Profile == "" {
+		return nil, usagef("%s needs --profile k3s or --profile containerd", cmd)
+	}
+	if _, err := install.Defaults(o.Profile); err != nil {
+		return nil, usagef("%s: %v", cmd, err)
+	}
+	if *cni != "" {
+		o.Binaries = map[string]string{"patu-cni": *cni}
+	}
+	return &o, nil
+}
+
+func printChanges(out io.Writer, changes []install.Change, dryRun bool) {
+	suffix := ""
+	if dryRun {
+		suffix = " (dry run)"
+	}
+	for _, c := range changes {
+		fmt.Fprintf(out, "%-9s %s%s\n", c.Action, c.Path, suffix)
+	}
+}
+
+var binDirLine = regexp.MustCompile(`(?m)^\s*bin_dirs?\s*=.*$`)
+
+// k3sBinDirHint warns when K3s's generated containerd config looks for CNI
+// plugins somewhere else than where patu-cni went: K3s releases before the
+// static CNI dir (k3s-io/k3s#10868) use data/<hash>/bin, which changes with
+// every upgrade.
+func k3sBinDirHint(o, defaults install.Options) string {
+	cniBinDir := o.CNIBinDir
+	if cniBinDir == "" {
+		cniBinDir = defaults.CNIBinDir
+	}
+	cfg := filepath.Join(o.Root, "/var/lib/rancher/k3s/agent/etc/containerd/config.toml")
+	b, err := os.ReadFile(cfg)
+	if err != nil {
+		return "" // K3s has not started yet: it writes the file on start
+	}
+	lines := binDirLine.FindAllString(string(b), -1)
+	if len(lines) == 0 || strings.Contains(strings.Join(lines, "\n"), cniBinDir) {
+		return ""
+	}
+	return fmt.Sprintf("warning: K3s's containerd looks for CNI plugins elsewhere (%s: %s), not in %s.\n"+
+		"  Upgrade K3s, or run: patu install --profile k3s --cni-bin-dir /var/lib/rancher/k3s/data/current/bin\n"+
+		"  (and again after every K3s upgrade, which replaces that directory)",
+		cfg, strings.TrimSpace(lines[0]), cniBinDir)
+}
