@@ -3,6 +3,7 @@ package pods
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/netip"
 	"path/filepath"
 	"slices"
@@ -171,7 +172,8 @@ func heldByOthers(dp *bpf.Datapath, id string) (map[netip.Addr]bool, error) {
 }
 
 // SetCgroups makes dirs the pod's complete set of attached cgroups:
-// it attaches the new ones and detaches the ones no longer listed. It
+// it attaches the new ones and detaches the ones no longer listed. Dirs
+// that no longer exist are left out. It
 // returns ErrPodNotFound when the record went away meanwhile (the pod was
 // removed), after undoing its own attachments.
 func SetCgroups(dp *bpf.Datapath, id string, dirs []string) error {
@@ -185,6 +187,11 @@ func SetCgroups(dp *bpf.Datapath, id string, dirs []string) error {
 	want := make([]uint64, 0, len(dirs))
 	for _, dir := range dirs {
 		cg, err := cgroup.ID(dir)
+		if errors.Is(err, fs.ErrNotExist) {
+			// Its container exited and was removed meanwhile: nothing
+			// to attach, and its link went with it.
+			continue
+		}
 		if err != nil {
 			return fmt.Errorf("pod %s: %w", p, err)
 		}

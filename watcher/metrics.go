@@ -27,16 +27,19 @@ type Metrics struct {
 	reconSecs   float64
 	reconnects  uint64
 	pods        int
-	gapCount    uint64
-	gapSum      float64
-	gapBuckets  []uint64
-	gapMin      float64
-	gapMax      float64
+	gaps        map[string]*gapHist // by cgroup mode: "pod" or "container"
+}
+
+type gapHist struct {
+	count    uint64
+	sum      float64
+	buckets  []uint64
+	min, max float64
 }
 
 // NewMetrics returns zeroed metrics.
 func NewMetrics() *Metrics {
-	return &Metrics{events: map[string]uint64{}, gapBuckets: make([]uint64, len(gapBuckets))}
+	return &Metrics{events: map[string]uint64{}, gaps: map[string]*gapHist{}}
 }
 
 func (m *Metrics) event(source string) {
@@ -67,43 +70,61 @@ func (m *Metrics) setPods(n int) {
 	m.mu.Unlock()
 }
 
-func (m *Metrics) attachGap(d time.Duration) {
+// Cgroup modes, the label of the start-to-attach gap.
+const (
+	ModePod       = "pod"       // the pod has a cgroup, attached once for all its containers
+	ModeContainer = "container" // each container has its own cgroup, attached as it appears
+)
+
+func (m *Metrics) attachGap(mode string, d time.Duration) {
 	s := d.Seconds()
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.gapCount == 0 || s < m.gapMin {
-		m.gapMin = s
+	h := m.gaps[mode]
+	if h == nil {
+		h = &gapHist{buckets: make([]uint64, len(gapBuckets))}
+		m.gaps[mode] = h
 	}
-	if m.gapCount == 0 || s > m.gapMax {
-		m.gapMax = s
+	if h.count == 0 || s < h.min {
+		h.min = s
 	}
-	m.gapCount++
-	m.gapSum += s
+	if h.count == 0 || s > h.max {
+		h.max = s
+	}
+	h.count++
+	h.sum += s
 	for i, b := range gapBuckets {
 		if s <= b {
-			m.gapBuckets[i]++
+			h.buckets[i]++
 		}
 	}
 }
 
-// Gap summarises the start-to-attach gaps observed so far.
+// Gap summarises the start-to-attach gaps of one cgroup mode.
 type Gap struct {
 	Count         uint64
+	Before        uint64 // covered before the container started (gap <= 0)
 	Min, Max, Avg time.Duration
 }
 
-// AttachGap returns the start-to-attach gap summary: how long after a
-// container's start its sockets became eligible for redirect (negative:
-// before the app process ran).
-func (m *Metrics) AttachGap() Gap {
+// AttachGap returns the start-to-attach gaps by cgroup mode: how long
+// after a container's start its sockets became eligible for redirect
+// (negative: before the app process ran).
+func (m *Metrics) AttachGap() map[string]Gap {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	g := Gap{Count: m.gapCount}
-	if m.gapCount > 0 {
-		sec := func(f float64) time.Duration { return time.Duration(f * float64(time.Second)) }
-		g.Min, g.Max, g.Avg = sec(m.gapMin), sec(m.gapMax), sec(m.gapSum/float64(m.gapCount))
+	sec := func(f float64) time.Duration { return time.Duration(f * float64(time.Second)) }
+	out := map[string]Gap{}
+	for mode, h := range m.gaps {
+		g := Gap{Count: h.count, Min: sec(h.min), Max: sec(h.max), Avg: sec(h.sum / float64(h.count))}
+		for i, b := range gapBuckets {
+			if b == 0 {
+				g.Before = h.buckets[i]
+			}
+		}
+		out[mode] = g
 	}
-	return g
+	return out
 }
 
 // Handler serves the metrics, with the data plane's counters and the
@@ -136,12 +157,15 @@ func (m *Metrics) Write(out io.Writer, dp *bpf.Datapath) error {
 	metric(&b, "patu_watcher_stream_reconnects_total", "counter", "Event stream reconnects.", m.reconnects)
 	metric(&b, "patu_watcher_pods", "gauge", "Ready pods the watcher tracks.", m.pods)
 	help(&b, "patu_attach_gap_seconds", "histogram",
-		"Time from a container's start until its sockets are eligible for redirect (negative: before it ran).")
-	for i, ub := range gapBuckets {
-		fmt.Fprintf(&b, "patu_attach_gap_seconds_bucket{le=\"%g\"} %d\n", ub, m.gapBuckets[i])
+		"Time from a container's start until its sockets are eligible for redirect (negative: before it ran), by cgroup mode.")
+	for _, mode := range sortedKeys(m.gaps) {
+		h := m.gaps[mode]
+		for i, ub := range gapBuckets {
+			fmt.Fprintf(&b, "patu_attach_gap_seconds_bucket{mode=%q,le=\"%g\"} %d\n", mode, ub, h.buckets[i])
+		}
+		fmt.Fprintf(&b, "patu_attach_gap_seconds_bucket{mode=%q,le=\"+Inf\"} %d\n", mode, h.count)
+		fmt.Fprintf(&b, "patu_attach_gap_seconds_sum{mode=%q} %g\npatu_attach_gap_seconds_count{mode=%q} %d\n", mode, h.sum, mode, h.count)
 	}
-	fmt.Fprintf(&b, "patu_attach_gap_seconds_bucket{le=\"+Inf\"} %d\n", m.gapCount)
-	fmt.Fprintf(&b, "patu_attach_gap_seconds_sum %g\npatu_attach_gap_seconds_count %d\n", m.gapSum, m.gapCount)
 	m.mu.Unlock()
 
 	if dp != nil {

@@ -4,8 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
-	"net/netip"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -17,74 +17,28 @@ import (
 	"github.com/patu-dev/patu/bpf"
 	"github.com/patu-dev/patu/cgroup"
 	"github.com/patu-dev/patu/pods"
+	"github.com/patu-dev/patu/runtime"
+	"github.com/patu-dev/patu/runtime/cri"
 )
 
-// Sandbox is a pod sandbox as the runtime lists it.
-type Sandbox struct {
-	ID, Name, Namespace, UID string
-	Ready                    bool
-	IPs                      []netip.Addr
-	Annotations              map[string]string
-	Created                  time.Time
-}
-
-// SandboxInfo is what the watcher needs from a sandbox's verbose status.
-type SandboxInfo struct {
-	Pid   int
-	Netns string
-	// CgroupParent is the pod's cgroup parent as the pod config asked for
-	// it; empty when the runtime puts containers in their own cgroups.
-	CgroupParent string
-}
-
-// Container is a container as the runtime lists it.
-type Container struct {
-	ID, SandboxID string
-	// Live is true for created and running containers: the ones that
-	// have, or are about to have, processes.
-	Live bool
-}
-
-// Runtime is where the desired state comes from: the CRI lists.
+// Runtime is where the desired state comes from: the CRI lists
+// (*cri.Client).
 type Runtime interface {
-	Sandboxes(ctx context.Context) ([]Sandbox, error)
-	SandboxInfo(ctx context.Context, id string) (SandboxInfo, error)
-	Containers(ctx context.Context) ([]Container, error)
+	Sandboxes(ctx context.Context) ([]cri.Sandbox, error)
+	Sandbox(ctx context.Context, id string) (cri.Sandbox, error)
+	SandboxInfo(ctx context.Context, id string) (cri.SandboxInfo, error)
+	Containers(ctx context.Context) ([]cri.Container, error)
 	ContainerPid(ctx context.Context, id string) (int, error)
 }
 
-// EventKind says what an event reports.
-type EventKind int
-
-// The events the watcher tells apart; everything else only triggers a
-// reconcile.
-const (
-	EventOther EventKind = iota
-	// EventContainerCreated: a container's task exists; with a Pid, its
-	// process is waiting to exec the app.
-	EventContainerCreated
-	// EventContainerStarted: the app process runs.
-	EventContainerStarted
-)
-
-// Event is a runtime event, reduced to what the watcher uses.
-type Event struct {
-	Kind EventKind
-	ID   string
-	Pid  int
-	Time time.Time
-}
-
 // Source is an event stream. Watch calls fn for each event until the
-// stream ends (an error) or ctx is done (nil). An error matching
-// ErrUnsupported means the runtime does not serve this stream.
+// stream ends, and returns why: ctx's error when ctx is done, an error
+// wrapping runtime.ErrUnsupported when the runtime does not serve the
+// stream, any other error when it broke.
 type Source interface {
 	Name() string
-	Watch(ctx context.Context, fn func(Event)) error
+	Watch(ctx context.Context, fn func(runtime.Event)) error
 }
-
-// ErrUnsupported is returned by a Source the runtime does not serve.
-var ErrUnsupported = errors.New("event stream not served by this runtime")
 
 // Config configures a Watcher.
 type Config struct {
@@ -104,6 +58,9 @@ type Config struct {
 	Grace time.Duration
 	// Cgroup2 is the cgroup v2 mount (found when empty).
 	Cgroup2 string
+	// OnIdle, when set, is called once when no reconcile has run for a
+	// while after some did: the daemon returns memory to the OS there.
+	OnIdle  func()
 	Log     *slog.Logger
 	Metrics *Metrics
 }
@@ -114,16 +71,21 @@ type Watcher struct {
 	log   *slog.Logger
 	m     *Metrics
 	dirty chan struct{}
+	ready chan struct{}
 
-	mu   sync.Mutex
-	pods map[string]*podState // by sandbox id, ready pods only
-	ctrs map[string]*ctrState // by container id, of ready pods
+	// write serialises changes to the data plane between the reconcile
+	// and early attaches; taken before mu, never while holding it.
+	write sync.Mutex
+	mu    sync.Mutex
+	pods  map[string]*podState // by sandbox id, ready pods only
+	ctrs  map[string]*ctrState // by container id, of ready pods
 }
 
 type podState struct {
 	id        string
 	netIno    uint64 // inode of the sandbox's network namespace
 	podCgroup string // "" when each container has its own cgroup
+	netns     string
 	optOut    bool
 	readyAt   time.Time // when its cgroups first covered the pod
 }
@@ -169,6 +131,7 @@ func New(cfg Config) (*Watcher, error) {
 		log:   cfg.Log,
 		m:     cfg.Metrics,
 		dirty: make(chan struct{}, 1),
+		ready: make(chan struct{}),
 		pods:  map[string]*podState{},
 		ctrs:  map[string]*ctrState{},
 	}, nil
@@ -182,7 +145,12 @@ func (w *Watcher) Run(ctx context.Context) error {
 	w.trigger()
 	resync := time.NewTimer(w.cfg.Resync)
 	defer resync.Stop()
-	retry := newBackoff(200*time.Millisecond, 30*time.Second)
+	// idle fires once after a burst of reconciles has settled; it is
+	// stopped otherwise, so an idle watcher has no timer but resync.
+	idle := time.NewTimer(time.Hour)
+	idle.Stop()
+	defer idle.Stop()
+	retry := &runtime.Backoff{Min: 200 * time.Millisecond}
 	var last time.Time
 	for {
 		select {
@@ -190,6 +158,11 @@ func (w *Watcher) Run(ctx context.Context) error {
 			return nil
 		case <-w.dirty:
 		case <-resync.C:
+		case <-idle.C:
+			if w.cfg.OnIdle != nil {
+				w.cfg.OnIdle()
+			}
+			continue
 		}
 		if wait := w.cfg.MinInterval - time.Since(last); wait > 0 {
 			// Let a burst of events collapse into one reconcile.
@@ -207,14 +180,20 @@ func (w *Watcher) Run(ctx context.Context) error {
 		last = time.Now()
 		err := w.Reconcile(ctx)
 		resync.Reset(w.cfg.Resync)
+		idle.Reset(idleAfter)
 		if err == nil {
-			retry.reset()
+			retry.Reset()
+			select {
+			case <-w.ready:
+			default:
+				close(w.ready)
+			}
 			continue
 		}
 		if ctx.Err() != nil {
 			return nil
 		}
-		d := retry.next()
+		d := retry.Next()
 		w.log.Warn("reconcile failed", "error", err, "retry_in", d)
 		if !resync.Stop() {
 			select {
@@ -225,6 +204,15 @@ func (w *Watcher) Run(ctx context.Context) error {
 		resync.Reset(d)
 	}
 }
+
+// idleAfter is how long after the last reconcile OnIdle runs.
+const idleAfter = 5 * time.Second
+
+// Ready is closed after the first reconcile that succeeded.
+func (w *Watcher) Ready() <-chan struct{} { return w.ready }
+
+// Metrics returns the watcher's metrics.
+func (w *Watcher) Metrics() *Metrics { return w.m }
 
 func (w *Watcher) trigger() {
 	select {
@@ -241,33 +229,29 @@ func (w *Watcher) watchEvents(ctx context.Context) {
 		w.log.Info("no event source: reconciling periodically only", "resync", w.cfg.Resync)
 		return
 	}
-	retry := newBackoff(200*time.Millisecond, 30*time.Second)
+	retry := &runtime.Backoff{Min: 200 * time.Millisecond}
 	i := 0
 	for ctx.Err() == nil {
 		src := w.cfg.Sources[i]
 		w.log.Info("watching runtime events", "source", src.Name())
-		started := time.Now()
 		connected := false
-		err := src.Watch(ctx, func(ev Event) {
+		err := src.Watch(ctx, func(ev runtime.Event) {
 			if !connected {
 				connected = true
 				w.trigger()
 			}
 			w.m.event(src.Name())
-			w.handle(ev)
+			w.handle(ctx, ev)
 		})
 		if ctx.Err() != nil {
 			return
 		}
-		if errors.Is(err, ErrUnsupported) && i+1 < len(w.cfg.Sources) {
+		if errors.Is(err, runtime.ErrUnsupported) && i+1 < len(w.cfg.Sources) {
 			w.log.Info("event source not served, trying the next", "source", src.Name(), "error", err)
 			i++
 			continue
 		}
-		if time.Since(started) > time.Minute {
-			retry.reset()
-		}
-		d := retry.next()
+		d := retry.Next()
 		w.m.reconnect()
 		w.log.Warn("event stream ended, reconnecting", "source", src.Name(), "error", err, "retry_in", d)
 		w.trigger()
@@ -287,10 +271,11 @@ func (w *Watcher) watchEvents(ctx context.Context) {
 // makes redirect live before the app runs. Everything else waits for the
 // reconcile the event triggers. Replayed or unknown events are harmless:
 // they can only cause a reconcile, or an attach that the reconcile checks.
-func (w *Watcher) handle(ev Event) {
+func (w *Watcher) handle(ctx context.Context, ev runtime.Event) {
 	defer w.trigger()
+	w.log.Debug("event", "kind", ev.Kind, "id", ev.ID, "sandbox", ev.SandboxID, "pid", ev.Pid, "at", ev.Time, "source", ev.Source)
 	switch ev.Kind {
-	case EventContainerStarted:
+	case runtime.ContainerStarted:
 		w.mu.Lock()
 		if c := w.ctrs[ev.ID]; c != nil && c.startedAt.IsZero() {
 			c.startedAt = ev.Time
@@ -299,20 +284,29 @@ func (w *Watcher) handle(ev Event) {
 			w.ctrs[ev.ID] = &ctrState{startedAt: ev.Time}
 		}
 		w.mu.Unlock()
-	case EventContainerCreated:
-		if ev.Pid > 0 {
-			w.attachEarly(ev)
+	case runtime.ContainerCreated:
+		if ev.Pid > 0 && !w.attachEarly(ev) && ev.SandboxID != "" {
+			// Its pod is not registered yet (the reconcile its start
+			// triggered has not run): register it now, this container's
+			// cgroup included, rather than after the app started.
+			if err := w.syncOne(ctx, ev.SandboxID); err != nil {
+				w.log.Debug("early sync failed; the reconcile retries", "sandbox", ev.SandboxID, "error", err)
+			}
 		}
 	}
 }
 
-func (w *Watcher) attachEarly(ev Event) {
+// attachEarly reports whether the container's pod was known.
+func (w *Watcher) attachEarly(ev runtime.Event) bool {
 	ino, err := netnsIno(ev.Pid)
 	if err != nil {
-		return
+		return true // exited already: nothing to attach
+	}
+	dir, err := cgroup.OfPid(w.cfg.Cgroup2, ev.Pid)
+	if err != nil {
+		return true
 	}
 	w.mu.Lock()
-	defer w.mu.Unlock()
 	var pod *podState
 	for _, p := range w.pods {
 		if p.netIno == ino {
@@ -320,30 +314,55 @@ func (w *Watcher) attachEarly(ev Event) {
 			break
 		}
 	}
-	if pod == nil || pod.optOut {
-		return
-	}
 	c := w.ctrs[ev.ID]
 	if c == nil {
 		c = &ctrState{}
 		w.ctrs[ev.ID] = c
 	}
-	c.sandbox, c.pid = pod.id, ev.Pid
-	if pod.podCgroup != "" {
-		return // covered by the pod cgroup already
+	// Cached for the reconcile this event triggers, which then need not
+	// wait for the container to run to learn its pid.
+	c.pid, c.cgroup = ev.Pid, dir
+	if ev.SandboxID != "" {
+		c.sandbox = ev.SandboxID
 	}
-	dir, err := cgroup.OfPid(w.cfg.Cgroup2, ev.Pid)
+	if pod == nil || pod.optOut || pod.podCgroup != "" {
+		// Not known yet, nothing to do, or covered by the pod cgroup
+		// already.
+		w.mu.Unlock()
+		return pod != nil
+	}
+	c.sandbox = pod.id
+	dirs := w.containerCgroups(pod.id)
+	w.mu.Unlock()
+
+	w.write.Lock()
+	err = pods.SetCgroups(w.cfg.Datapath, pod.id, dirs)
+	w.write.Unlock()
 	if err != nil {
-		return
-	}
-	c.cgroup = dir
-	if err := pods.SetCgroups(w.cfg.Datapath, pod.id, w.containerCgroups(pod.id)); err != nil {
 		w.log.Debug("early attach failed; the reconcile retries", "sandbox", pod.id, "container", ev.ID, "error", err)
-		return
+		return true
 	}
-	c.coveredAt = time.Now()
+	w.mu.Lock()
+	if c.coveredAt.IsZero() { // a reconcile may have attached it first
+		c.coveredAt = time.Now()
+	}
 	w.observeGap(c)
+	w.mu.Unlock()
 	w.log.Debug("attached container before start", "sandbox", pod.id, "container", ev.ID, "cgroup", dir)
+	return true
+}
+
+// syncOne registers one sandbox and attaches the cgroups known for it,
+// without a full list: the fast path for a pod's first container.
+func (w *Watcher) syncOne(ctx context.Context, id string) error {
+	s, err := w.cfg.Runtime.Sandbox(ctx, id)
+	if err != nil {
+		return err
+	}
+	if !s.Ready || len(s.IPs) == 0 {
+		return nil
+	}
+	return w.syncPod(ctx, s, nil, false)
 }
 
 // containerCgroups lists the known cgroups of a pod's containers. w.mu held.
@@ -365,7 +384,13 @@ func (w *Watcher) observeGap(c *ctrState) {
 		return
 	}
 	c.gapDone = true
-	w.m.attachGap(c.coveredAt.Sub(c.startedAt))
+	gap := c.coveredAt.Sub(c.startedAt)
+	mode := ModeContainer
+	if p := w.pods[c.sandbox]; p != nil && p.podCgroup != "" {
+		mode = ModePod
+	}
+	w.m.attachGap(mode, gap)
+	w.log.Debug("start-to-attach gap", "sandbox", c.sandbox, "pid", c.pid, "mode", mode, "gap", gap)
 }
 
 // Reconcile makes the data plane match the runtime: every ready sandbox
@@ -396,7 +421,7 @@ func (w *Watcher) reconcile(ctx context.Context) error {
 	for _, r := range records {
 		recs[r.ID] = r
 	}
-	want := map[string]Sandbox{}
+	want := map[string]cri.Sandbox{}
 	for _, s := range sandboxes {
 		if s.Ready && len(s.IPs) > 0 {
 			want[s.ID] = s
@@ -404,8 +429,8 @@ func (w *Watcher) reconcile(ctx context.Context) error {
 	}
 
 	var errs []error
-	for id, s := range want {
-		if err := w.syncPod(ctx, s, recs[id], containers); err != nil {
+	for _, s := range want {
+		if err := w.syncPod(ctx, s, containers, true); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -420,7 +445,10 @@ func (w *Watcher) reconcile(ctx context.Context) error {
 		if !r.Confirmed && now.Sub(r.Created) < w.cfg.Grace {
 			continue // recorded by CNI ADD; its sandbox is not listed yet
 		}
-		if _, err := pods.Unregister(w.cfg.Datapath, id); err != nil {
+		w.write.Lock()
+		_, err := pods.Unregister(w.cfg.Datapath, id)
+		w.write.Unlock()
+		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
@@ -442,8 +470,10 @@ func (w *Watcher) reconcile(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// syncPod registers one ready sandbox and attaches its cgroups.
-func (w *Watcher) syncPod(ctx context.Context, s Sandbox, rec bpf.Pod, containers []Container) error {
+// syncPod registers one ready sandbox and attaches its cgroups. With
+// full, containers is the complete list and containers of the pod missing
+// from it are forgotten; otherwise it adds to what is known.
+func (w *Watcher) syncPod(ctx context.Context, s cri.Sandbox, containers []cri.Container, full bool) error {
 	w.mu.Lock()
 	st := w.pods[s.ID]
 	w.mu.Unlock()
@@ -467,7 +497,7 @@ func (w *Watcher) syncPod(ctx context.Context, s Sandbox, rec bpf.Pod, container
 				st.podCgroup = filepath.Dir(dir)
 			}
 		}
-		rec.Netns = info.Netns
+		st.netns = info.Netns
 	}
 	st.optOut = pods.OptedOut(s.Annotations)
 
@@ -478,7 +508,7 @@ func (w *Watcher) syncPod(ctx context.Context, s Sandbox, rec bpf.Pod, container
 	}
 	w.mu.Lock()
 	for _, c := range containers {
-		if c.SandboxID != s.ID || !c.Live {
+		if c.SandboxID != s.ID || !live(c) {
 			continue
 		}
 		cs := w.ctrs[c.ID]
@@ -504,14 +534,26 @@ func (w *Watcher) syncPod(ctx context.Context, s Sandbox, rec bpf.Pod, container
 			cs.pid, cs.cgroup = pid, dir
 		}
 	}
-	live := map[string]bool{}
+	w.mu.Unlock()
+
+	// From here on the data plane changes: one writer at a time, and the
+	// cgroup set is computed under the same lock that applies it, so an
+	// early attach in between is never undone.
+	w.write.Lock()
+	defer w.write.Unlock()
+	rec, err := w.cfg.Datapath.LookupPod(s.ID)
+	if err != nil && !errors.Is(err, bpf.ErrPodNotFound) {
+		return err
+	}
+	w.mu.Lock()
+	alive := map[string]bool{}
 	for _, c := range containers {
-		if c.SandboxID == s.ID && c.Live {
-			live[c.ID] = true
+		if c.SandboxID == s.ID && live(c) {
+			alive[c.ID] = true
 		}
 	}
 	for id, cs := range w.ctrs {
-		if cs.sandbox == s.ID && !live[id] {
+		if full && cs.sandbox == s.ID && !alive[id] {
 			delete(w.ctrs, id)
 		}
 	}
@@ -524,8 +566,8 @@ func (w *Watcher) syncPod(ctx context.Context, s Sandbox, rec bpf.Pod, container
 	}
 
 	p := bpf.Pod{
-		ID: s.ID, Namespace: s.Namespace, Name: s.Name, UID: s.UID, Netns: rec.Netns,
-		IPs: s.IPs, NoRedirect: st.optOut, Source: bpf.PodFromRuntime, Confirmed: true, Created: s.Created,
+		ID: s.ID, Namespace: s.Namespace, Name: s.Name, UID: s.UID, Netns: st.netns,
+		IPs: s.IPs, NoRedirect: st.optOut, Source: bpf.PodFromRuntime, Confirmed: true, Created: s.CreatedAt,
 	}
 	if rec.ID == "" || !rec.Confirmed || rec.NoRedirect != p.NoRedirect || !slices.Equal(rec.IPs, p.IPs) ||
 		rec.Source&bpf.PodFromRuntime == 0 {
@@ -568,6 +610,9 @@ func (w *Watcher) setCgroups(rec bpf.Pod, dirs []string) error {
 	ids := make([]uint64, 0, len(dirs))
 	for _, d := range dirs {
 		id, err := cgroup.ID(d)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // its container is gone; the next list drops it
+		}
 		if err != nil {
 			return fmt.Errorf("pod %s: %w", rec, err)
 		}
@@ -595,6 +640,12 @@ func (w *Watcher) linksPresent(ids []uint64) bool {
 		}
 	}
 	return true
+}
+
+// live is true for created and running containers: the ones that have, or
+// are about to have, processes.
+func live(c cri.Container) bool {
+	return c.State == cri.StateCreated || c.State == cri.StateRunning
 }
 
 func netnsIno(pid int) (uint64, error) {

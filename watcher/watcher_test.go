@@ -15,6 +15,8 @@ import (
 
 	"github.com/patu-dev/patu/bpf"
 	"github.com/patu-dev/patu/internal/testnet"
+	"github.com/patu-dev/patu/runtime"
+	"github.com/patu-dev/patu/runtime/cri"
 )
 
 const testPinDir = "/sys/fs/bpf/patu-test-watcher"
@@ -23,34 +25,44 @@ const testPinDir = "/sys/fs/bpf/patu-test-watcher"
 // behind them are real (processes in testnet pods).
 type fakeRuntime struct {
 	mu         sync.Mutex
-	sandboxes  map[string]Sandbox
-	infos      map[string]SandboxInfo
-	containers map[string]Container
+	sandboxes  map[string]cri.Sandbox
+	infos      map[string]cri.SandboxInfo
+	containers map[string]cri.Container
 	pids       map[string]int
 	fail       error
 	calls      int
 }
 
 func newFakeRuntime() *fakeRuntime {
-	return &fakeRuntime{sandboxes: map[string]Sandbox{}, infos: map[string]SandboxInfo{},
-		containers: map[string]Container{}, pids: map[string]int{}}
+	return &fakeRuntime{sandboxes: map[string]cri.Sandbox{}, infos: map[string]cri.SandboxInfo{},
+		containers: map[string]cri.Container{}, pids: map[string]int{}}
 }
 
-func (f *fakeRuntime) Sandboxes(context.Context) ([]Sandbox, error) {
+func (f *fakeRuntime) Sandboxes(context.Context) ([]cri.Sandbox, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls++
 	if f.fail != nil {
 		return nil, f.fail
 	}
-	var out []Sandbox
+	var out []cri.Sandbox
 	for _, s := range f.sandboxes {
 		out = append(out, s)
 	}
 	return out, nil
 }
 
-func (f *fakeRuntime) SandboxInfo(_ context.Context, id string) (SandboxInfo, error) {
+func (f *fakeRuntime) Sandbox(_ context.Context, id string) (cri.Sandbox, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s, ok := f.sandboxes[id]
+	if !ok {
+		return s, runtime.ErrNotFound
+	}
+	return s, nil
+}
+
+func (f *fakeRuntime) SandboxInfo(_ context.Context, id string) (cri.SandboxInfo, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	i, ok := f.infos[id]
@@ -60,10 +72,10 @@ func (f *fakeRuntime) SandboxInfo(_ context.Context, id string) (SandboxInfo, er
 	return i, nil
 }
 
-func (f *fakeRuntime) Containers(context.Context) ([]Container, error) {
+func (f *fakeRuntime) Containers(context.Context) ([]cri.Container, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	var out []Container
+	var out []cri.Container
 	for _, c := range f.containers {
 		out = append(out, c)
 	}
@@ -150,10 +162,10 @@ func (fx *fixture) addPod(t *testing.T, i int, ann map[string]string) {
 	sbPid, ctrPid := fx.process(t, i), fx.process(t, i)
 	id, ctr := sandboxID(i), "ctr"+sandboxID(i)
 	fx.rt.set(func(f *fakeRuntime) {
-		f.sandboxes[id] = Sandbox{ID: id, Name: p.Name, Namespace: "test", Ready: true,
-			IPs: []netip.Addr{p.IPv4}, Annotations: ann, Created: time.Now()}
-		f.infos[id] = SandboxInfo{Pid: sbPid, Netns: p.NetnsPath}
-		f.containers[ctr] = Container{ID: ctr, SandboxID: id, Live: true}
+		f.sandboxes[id] = cri.Sandbox{ID: id, Name: p.Name, Namespace: "test", Ready: true,
+			IPs: []netip.Addr{p.IPv4}, Annotations: ann, CreatedAt: time.Now()}
+		f.infos[id] = cri.SandboxInfo{Pid: sbPid, Netns: p.NetnsPath}
+		f.containers[ctr] = cri.Container{ID: ctr, SandboxID: id, State: cri.StateRunning}
 		f.pids[ctr] = ctrPid
 	})
 }
@@ -298,7 +310,7 @@ func TestContainerTaskAttachedOnEvent(t *testing.T) {
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	waitInNetns(t, cmd.Process.Pid, fx.net.Pods[0].NetnsPath)
 
-	fx.w.handle(Event{Kind: EventContainerCreated, ID: "ctr-new", Pid: cmd.Process.Pid, Time: time.Now()})
+	fx.w.handle(context.Background(), runtime.Event{Kind: runtime.ContainerCreated, ID: "ctr-new", Pid: cmd.Process.Pid, Time: time.Now()})
 	_, _, atts := fx.state(t)
 	found := false
 	for _, p := range atts {
@@ -307,8 +319,8 @@ func TestContainerTaskAttachedOnEvent(t *testing.T) {
 	if !found {
 		t.Fatalf("new container's cgroup %s not attached on its event: %v", cg, atts)
 	}
-	fx.w.handle(Event{Kind: EventContainerStarted, ID: "ctr-new", Time: time.Now()})
-	if g := fx.w.m.AttachGap(); g.Count == 0 || g.Max >= 0 {
+	fx.w.handle(context.Background(), runtime.Event{Kind: runtime.ContainerStarted, ID: "ctr-new", Time: time.Now()})
+	if g := fx.w.m.AttachGap()[ModeContainer]; g.Count == 0 || g.Max >= 0 {
 		t.Errorf("attach gap %+v, want a negative gap", g)
 	}
 
@@ -319,7 +331,7 @@ func TestContainerTaskAttachedOnEvent(t *testing.T) {
 	}
 	t.Cleanup(func() { other.Process.Kill(); other.Wait() })
 	before := len(atts)
-	fx.w.handle(Event{Kind: EventContainerCreated, ID: "ctr-stale", Pid: other.Process.Pid})
+	fx.w.handle(context.Background(), runtime.Event{Kind: runtime.ContainerCreated, ID: "ctr-stale", Pid: other.Process.Pid})
 	if _, _, atts := fx.state(t); len(atts) != before {
 		t.Errorf("event for an unknown process attached something: %v", atts)
 	}
@@ -328,7 +340,7 @@ func TestContainerTaskAttachedOnEvent(t *testing.T) {
 // fakeSource delivers its events, then ends with err.
 type fakeSource struct {
 	name   string
-	events []Event
+	events []runtime.Event
 	err    error
 	calls  int
 	mu     sync.Mutex
@@ -336,7 +348,7 @@ type fakeSource struct {
 
 func (s *fakeSource) Name() string { return s.name }
 
-func (s *fakeSource) Watch(ctx context.Context, fn func(Event)) error {
+func (s *fakeSource) Watch(ctx context.Context, fn func(runtime.Event)) error {
 	s.mu.Lock()
 	s.calls++
 	s.mu.Unlock()
@@ -361,8 +373,8 @@ func (s *fakeSource) Calls() int {
 // loop), and a failing runtime is retried.
 func TestRunFallsBackAndReconnects(t *testing.T) {
 	fx := newFixture(t, "wtrn", "10.206.3.0/24", "fd00:206:3::/64")
-	unsupported := &fakeSource{name: "cri", err: ErrUnsupported}
-	flaky := &fakeSource{name: "containerd", events: []Event{{ID: "x"}}, err: errors.New("EOF")}
+	unsupported := &fakeSource{name: "cri", err: runtime.ErrUnsupported}
+	flaky := &fakeSource{name: "containerd", events: []runtime.Event{{ID: "x"}}, err: errors.New("EOF")}
 	fx.w.cfg.Sources = []Source{unsupported, flaky}
 	fx.rt.set(func(f *fakeRuntime) { f.fail = errors.New("runtime down") })
 
@@ -405,4 +417,25 @@ func openDir(t *testing.T, dir string) int {
 	}
 	t.Cleanup(func() { f.Close() })
 	return int(f.Fd())
+}
+
+// TestFirstContainerRegistersItsPod: a container created before any
+// reconcile has seen its pod registers the pod and attaches the
+// container's cgroup from the event alone.
+func TestFirstContainerRegistersItsPod(t *testing.T) {
+	fx := newFixture(t, "wtfc", "10.206.4.0/24", "fd00:206:4::/64")
+	fx.addPod(t, 0, nil)
+	pid := fx.process(t, 0)
+	fx.w.handle(context.Background(), runtime.Event{Kind: runtime.ContainerCreated, ID: "ctr-first",
+		SandboxID: sandboxID(0), Pid: pid, Time: time.Now()})
+	recs, eps, atts := fx.state(t)
+	if r, ok := recs[sandboxID(0)]; !ok || len(r.Cgroups) != 1 {
+		t.Fatalf("pod not registered with the container's cgroup: %+v", recs)
+	}
+	if _, ok := eps[fx.net.Pods[0].IPv4]; !ok {
+		t.Error("pod address not registered")
+	}
+	if len(atts) != 1 {
+		t.Errorf("attachments %v", atts)
+	}
 }

@@ -26,8 +26,9 @@ commands:
   endpoint add IP [--name NS/POD] [--no-redirect]
   endpoint del IP
   endpoint list [-o json]
-  status [-o json]                         programs, attachments, endpoints, counters
-
+  status [-o json]                         pods, attachments, endpoints, counters
+  daemon [flags]                           load, then follow the container runtime (daemon -h)
+` + installUsageLines + `
 global flags:
   --bpffs DIR   pin directory (default /sys/fs/bpf/patu)
 `
@@ -42,7 +43,7 @@ func run(ctx context.Context, args []string) error {
 	return runTo(ctx, os.Stdout, args)
 }
 
-func runTo(_ context.Context, out io.Writer, args []string) error {
+func runTo(ctx context.Context, out io.Writer, args []string) error {
 	global := flag.NewFlagSet("patu", flag.ContinueOnError)
 	global.SetOutput(io.Discard)
 	pinDir := global.String("bpffs", bpf.DefaultPinDir, "pin directory")
@@ -63,7 +64,7 @@ func runTo(_ context.Context, out io.Writer, args []string) error {
 		return nil
 	}
 	switch cmd {
-	case "load", "unload", "attach", "detach", "endpoint", "status":
+	case "load", "unload", "attach", "detach", "endpoint", "status", "daemon", "install", "uninstall":
 	default:
 		return usagef("unknown command %q", cmd)
 	}
@@ -81,6 +82,12 @@ func runTo(_ context.Context, out io.Writer, args []string) error {
 		return cmdEndpoint(out, *pinDir, args)
 	case "status":
 		return cmdStatus(out, *pinDir, args)
+	case "daemon":
+		return cmdDaemon(ctx, out, *pinDir, args)
+	case "install":
+		return cmdInstall(out, args)
+	case "uninstall":
+		return cmdUninstall(out, args)
 	default:
 		return usagef("unknown command %q", cmd)
 	}
@@ -210,7 +217,14 @@ type Status struct {
 	LiveSockets int              `json:"live_sockets"`
 	Attachments []bpf.Attachment `json:"attachments"`
 	Endpoints   []bpf.Endpoint   `json:"endpoints"`
+	Pods        []PodStatus      `json:"pods"`
 	Counters    bpf.Counters     `json:"counters"`
+}
+
+// PodStatus is a pod record with its live short-circuited sockets.
+type PodStatus struct {
+	bpf.Pod
+	Sockets int `json:"sockets"`
 }
 
 func cmdStatus(out io.Writer, pinDir string, args []string) error {
@@ -238,6 +252,9 @@ func cmdStatus(out io.Writer, pinDir string, args []string) error {
 	if st.Counters, err = d.Counters(); err != nil {
 		return err
 	}
+	if st.Pods, err = podStatus(d); err != nil {
+		return err
+	}
 	if *format == "json" {
 		return writeJSON(out, st)
 	}
@@ -251,6 +268,8 @@ func cmdStatus(out io.Writer, pinDir string, args []string) error {
 		}
 		fmt.Fprintf(out, "  %s%s\n", a.Path, gone)
 	}
+	fmt.Fprintln(out, "\npods:")
+	writePods(out, st.Pods)
 	fmt.Fprintln(out, "\nendpoints:")
 	writeEndpoints(out, st.Endpoints)
 	fmt.Fprintln(out, "\nsockets:")
@@ -272,6 +291,53 @@ func cmdStatus(out io.Writer, pinDir string, args []string) error {
 	}
 	fmt.Fprintf(tw, "  promotions to redirect\t%d\n  backpressure trips\t%d\n", c.Promotions, c.BackpressureTrips)
 	return tw.Flush()
+}
+
+func podStatus(d *bpf.Datapath) ([]PodStatus, error) {
+	all, err := d.Pods()
+	if err != nil {
+		return nil, err
+	}
+	socks, err := d.SocketsByAddr()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]PodStatus, 0, len(all))
+	for _, p := range all {
+		ps := PodStatus{Pod: p}
+		for _, ip := range p.IPs {
+			ps.Sockets += socks[ip]
+		}
+		out = append(out, ps)
+	}
+	return out, nil
+}
+
+func writePods(out io.Writer, all []PodStatus) {
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  POD\tSANDBOX\tIPS\tREDIRECT\tCGROUPS\tSOCKETS\tFROM")
+	for _, p := range all {
+		ips := make([]string, len(p.IPs))
+		for i, ip := range p.IPs {
+			ips[i] = ip.String()
+		}
+		var from []string
+		for _, s := range []struct {
+			flag bpf.PodSource
+			name string
+		}{{bpf.PodFromCNI, "cni"}, {bpf.PodFromRuntime, "runtime"}, {bpf.PodFromHook, "hook"}} {
+			if p.Source&s.flag != 0 {
+				from = append(from, s.name)
+			}
+		}
+		id := p.ID
+		if len(id) > 12 {
+			id = id[:12]
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%d\t%d\t%s\n", p.String(), id, orDash(strings.Join(ips, ",")),
+			onOff(!p.NoRedirect), len(p.Cgroups), p.Sockets, strings.Join(from, "+"))
+	}
+	tw.Flush()
 }
 
 func writeJSON(out io.Writer, v any) error {
