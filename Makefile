@@ -9,8 +9,9 @@ BIN := bin
 help: ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 20
 
-deps: ## install missing build/test packages (Debian)
+deps: ## install missing build/test packages (Debian) and the e2e runtimes (containerd 1.6 and 2.x, crictl)
 	@hack/deps.sh
+	@hack/e2e-deps.sh
 
 build: ## build the binaries into bin/ (static: they run on any node)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags=-s -o $(BIN)/patu ./cmd/patu

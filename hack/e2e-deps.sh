@@ -33,9 +33,19 @@ if ((${#missing[@]})); then
 	log "installing Debian packages: ${missing[*]}"
 	t=$SECONDS
 	export DEBIAN_FRONTEND=noninteractive
+	# The tests start private containerd instances and stop them again;
+	# on a host with an init system, installing the package must not start
+	# (and leave running) the system-wide one.
+	policy=""
+	if [ ! -e /usr/sbin/policy-rc.d ]; then
+		policy=/usr/sbin/policy-rc.d
+		printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy"
+		trap 'rm -f "$policy"' EXIT
+	fi
 	apt-get update -qq || die "apt-get update failed"
 	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
 		die "apt-get install ${missing[*]} failed"
+	[ -z "$policy" ] || rm -f "$policy"
 	log "Debian packages installed in $((SECONDS - t)) s"
 fi
 
