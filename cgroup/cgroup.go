@@ -1,7 +1,6 @@
 package cgroup
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/patu-dev/patu/internal/mountinfo"
 )
 
 // ErrNoCgroup2 is returned by Mount2 when no cgroup v2 file system is
@@ -35,59 +36,26 @@ func Mount2() (string, error) {
 // /proc/PID/mountinfo text. A mount of the hierarchy's root is preferred
 // over a bind mount of a subtree (containers often have those).
 func parseMountinfo(r io.Reader) (string, error) {
-	var sub string
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		// 40 30 0:37 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
-		// The optional fields before "-" vary in number; the file system
-		// type is the first field after it.
-		fields := strings.Fields(sc.Text())
-		sep := -1
-		for i := 6; i < len(fields); i++ {
-			if fields[i] == "-" {
-				sep = i
-				break
-			}
-		}
-		if sep < 0 || sep+1 >= len(fields) || fields[sep+1] != "cgroup2" {
+	mounts, err := mountinfo.Parse(r)
+	if err != nil {
+		return "", err
+	}
+	sub := ""
+	for _, m := range mounts {
+		if m.FSType != "cgroup2" {
 			continue
 		}
-		root, mnt := unescape(fields[3]), unescape(fields[4])
-		if root == "/" {
-			return mnt, nil
+		if m.Root == "/" {
+			return m.Point, nil
 		}
 		if sub == "" {
-			sub = mnt
+			sub = m.Point
 		}
-	}
-	if err := sc.Err(); err != nil {
-		return "", fmt.Errorf("read mountinfo: %w", err)
 	}
 	if sub != "" {
 		return sub, nil
 	}
 	return "", ErrNoCgroup2
-}
-
-// unescape undoes the octal escapes (\040 for a space) the kernel writes in
-// mountinfo paths.
-func unescape(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // IsCgroup2Dir returns nil when dir is a directory on a cgroup v2 file

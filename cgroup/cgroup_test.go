@@ -86,21 +86,6 @@ func TestErrNoCgroup2SaysWhatToDo(t *testing.T) {
 	}
 }
 
-func TestUnescape(t *testing.T) {
-	for in, want := range map[string]string{
-		`/a\040b`:   "/a b",
-		`/a\134b`:   `/a\b`,
-		`/tab\011`:  "/tab\t",
-		`/plain`:    "/plain",
-		`/short\04`: `/short\04`,
-		`/bad\999`:  `/bad\999`,
-	} {
-		if got := unescape(in); got != want {
-			t.Errorf("unescape(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
 func TestParseProcCgroup(t *testing.T) {
 	for _, tc := range []struct {
 		in, want string

@@ -1,8 +1,10 @@
 package runtime
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io"
 	"time"
 )
 
@@ -122,4 +124,19 @@ type Event struct {
 	Time time.Time
 	// Source is SourceCRI or SourceContainerd.
 	Source string
+}
+
+// StreamError says why an event stream named what ended: ctx's error when
+// ctx is done, an error wrapping ErrUnsupported when the server does not
+// implement the call, "<closer> closed the stream" on EOF, err otherwise.
+func StreamError(ctx context.Context, what, closer string, err error, unimplemented bool) error {
+	switch {
+	case ctx.Err() != nil:
+		return ctx.Err()
+	case unimplemented:
+		return fmt.Errorf("%s: %w: %w", what, ErrUnsupported, err)
+	case errors.Is(err, io.EOF):
+		return fmt.Errorf("%s: %s closed the stream: %w", what, closer, err)
+	}
+	return fmt.Errorf("%s: %w", what, err)
 }

@@ -68,7 +68,9 @@ func runTo(ctx context.Context, out io.Writer, args []string) error {
 	default:
 		return usagef("unknown command %q", cmd)
 	}
-	if os.Geteuid() != 0 {
+	// install and uninstall only write files: with --root they are a
+	// packaging step that needs no privileges.
+	if os.Geteuid() != 0 && cmd != "install" && cmd != "uninstall" {
 		return fmt.Errorf("%s needs root (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON): run with sudo", cmd)
 	}
 	switch cmd {

@@ -112,7 +112,7 @@ func (l *Lab) runPod(ctx context.Context, spec PodSpec) (*Pod, error) {
 		},
 	}
 	if spec.PodCgroup {
-		rec.cgroupParent = l.l.cgroupRoot + "/pod" + uid
+		rec.cgroupParent = l.PodCgroupParent(uid)
 		rec.config.Linux.CgroupParent = rec.cgroupParent
 	}
 	rt, _ := l.clients()

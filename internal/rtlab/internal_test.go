@@ -349,25 +349,6 @@ func TestParseCRILog(t *testing.T) {
 	}
 }
 
-func TestParseMountinfo(t *testing.T) {
-	in := `22 1 0:20 / /sys/fs/cgroup/unified rw,nosuid shared:6 - cgroup2 cgroup2 rw
-23 1 0:21 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
-24 1 0:22 /sub /mnt/with\040space rw master:1 shared:2 - ext4 /dev/vda rw
-`
-	got, err := parseMountinfo(strings.NewReader(in))
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := []mount{
-		{root: "/", point: "/sys/fs/cgroup/unified", fstype: "cgroup2"},
-		{root: "/", point: "/sys/fs/cgroup/memory", fstype: "cgroup"},
-		{root: "/sub", point: "/mnt/with space", fstype: "ext4"},
-	}
-	if !slices.Equal(got, want) {
-		t.Errorf("got %+v, want %+v", got, want)
-	}
-}
-
 func TestNotReady(t *testing.T) {
 	// The CRI conditions are checked by name; a missing one is not ready.
 	if why := notReady(nil); !strings.Contains(why, "RuntimeReady missing") || !strings.Contains(why, "NetworkReady missing") {

@@ -615,6 +615,12 @@ func (l *Lab) Dir() string { return l.l.dir }
 // Flavor returns the containerd flavor the lab runs.
 func (l *Lab) Flavor() string { return l.cfg.Flavor }
 
+// PodCgroupParent returns the linux.cgroup_parent for a pod with the given
+// uid: a per-pod directory under the lab's cgroup tree, which Close and
+// Sweep remove. RunPod uses it with PodSpec.PodCgroup; callers starting
+// pods another way (crictl runp) should use it too.
+func (l *Lab) PodCgroupParent(uid string) string { return l.l.cgroupRoot + "/pod" + uid }
+
 // CrictlConfig returns the path of a crictl.yaml for the lab. crictl exec
 // and attach work only inside Netns (see Crictl).
 func (l *Lab) CrictlConfig() string { return l.l.crictlYAML }

@@ -1,7 +1,6 @@
 package rtlab
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -9,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,6 +21,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/patu-dev/patu/cgroup"
+	"github.com/patu-dev/patu/internal/mountinfo"
 	"github.com/patu-dev/patu/netns"
 )
 
@@ -396,14 +395,14 @@ func unmountUnder(dir string) error {
 
 // mountsUnder returns the mount points at or below dir, deepest first.
 func mountsUnder(dir string) ([]string, error) {
-	mounts, err := readMountinfo()
+	mounts, err := mountinfo.Read()
 	if err != nil {
 		return nil, err
 	}
 	var mps []string
 	for _, m := range mounts {
-		if m.point == dir || strings.HasPrefix(m.point, dir+"/") {
-			mps = append(mps, m.point)
+		if m.Point == dir || strings.HasPrefix(m.Point, dir+"/") {
+			mps = append(mps, m.Point)
 		}
 	}
 	slices.SortFunc(mps, func(a, b string) int {
@@ -415,70 +414,17 @@ func mountsUnder(dir string) ([]string, error) {
 	return slices.Compact(mps), nil
 }
 
-// mount is one line of /proc/self/mountinfo.
-type mount struct {
-	root, point, fstype string
-}
-
-func readMountinfo() ([]mount, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil, fmt.Errorf("read mounts: %w", err)
-	}
-	defer f.Close()
-	return parseMountinfo(f)
-}
-
-func parseMountinfo(r io.Reader) ([]mount, error) {
-	var mounts []mount
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		// 36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw
-		// The optional fields before "-" vary in number.
-		f := strings.Fields(sc.Text())
-		sep := slices.Index(f, "-")
-		if sep < 6 || sep+1 >= len(f) {
-			continue
-		}
-		mounts = append(mounts, mount{root: unescapeMount(f[3]), point: unescapeMount(f[4]), fstype: f[sep+1]})
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("read mounts: %w", err)
-	}
-	return mounts, nil
-}
-
-// unescapeMount undoes the octal escapes (\040 for a space) in mountinfo.
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
 // cgroupMounts returns the mount points of every cgroup hierarchy, v1 and
 // v2: runc's cgroupfs driver creates a container's cgroup in all of them.
 func cgroupMounts() ([]string, error) {
-	mounts, err := readMountinfo()
+	mounts, err := mountinfo.Read()
 	if err != nil {
 		return nil, err
 	}
 	var mps []string
 	for _, m := range mounts {
-		if (m.fstype == "cgroup" || m.fstype == "cgroup2") && m.root == "/" && !slices.Contains(mps, m.point) {
-			mps = append(mps, m.point)
+		if (m.FSType == "cgroup" || m.FSType == "cgroup2") && m.Root == "/" && !slices.Contains(mps, m.Point) {
+			mps = append(mps, m.Point)
 		}
 	}
 	return mps, nil

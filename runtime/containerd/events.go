@@ -3,9 +3,7 @@ package containerd
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"strconv"
 
 	"github.com/patu-dev/patu/runtime"
@@ -86,15 +84,7 @@ func (c *Client) WatchEvents(ctx context.Context, fn func(runtime.Event)) error 
 }
 
 func streamErr(ctx context.Context, err error) error {
-	switch {
-	case ctx.Err() != nil:
-		return ctx.Err()
-	case grpcunix.IsUnimplemented(err):
-		return fmt.Errorf("containerd events: %w: %w", runtime.ErrUnsupported, err)
-	case errors.Is(err, io.EOF):
-		return fmt.Errorf("containerd events: containerd closed the stream: %w", err)
-	}
-	return fmt.Errorf("containerd events: %w", err)
+	return runtime.StreamError(ctx, "containerd events", "containerd", err, grpcunix.IsUnimplemented(err))
 }
 
 // toEvent turns an envelope into an Event; ok is false for envelopes that

@@ -2,9 +2,6 @@ package cri
 
 import (
 	"context"
-	"errors"
-	"fmt"
-	"io"
 
 	"github.com/patu-dev/patu/runtime"
 	"github.com/patu-dev/patu/runtime/internal/grpcunix"
@@ -50,15 +47,7 @@ func (c *Client) WatchEvents(ctx context.Context, fn func(runtime.Event)) error 
 }
 
 func streamErr(ctx context.Context, err error) error {
-	switch {
-	case ctx.Err() != nil:
-		return ctx.Err()
-	case grpcunix.IsUnimplemented(err):
-		return fmt.Errorf("cri container events: %w: %w", runtime.ErrUnsupported, err)
-	case errors.Is(err, io.EOF):
-		return fmt.Errorf("cri container events: runtime closed the stream: %w", err)
-	}
-	return fmt.Errorf("cri container events: %w", err)
+	return runtime.StreamError(ctx, "cri container events", "runtime", err, grpcunix.IsUnimplemented(err))
 }
 
 // toEvent converts a CRI event. Sandbox events are the ones whose container
