@@ -34,8 +34,8 @@ test-unit: ## unprivileged tests only
 bench: deps ## bridge vs Patu vs loopback, side by side; table + out/bench.json; needs root
 	$(GO) run ./test/bench -o out/bench.json
 
-demo: deps ## self-contained demo on two netns pods; needs root
-	$(GO) run ./test/bench -demo
+demo: deps ## two pods on a private containerd via crictl, bridge vs Patu, all cleaned up; needs root
+	$(GO) run ./test/demo
 
 clean:
 	rm -rf $(BIN) out

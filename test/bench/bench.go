@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/patu-dev/patu/bpf"
+	"github.com/patu-dev/patu/internal/sockperf"
 	"github.com/patu-dev/patu/internal/testnet"
 )
 
@@ -76,8 +77,8 @@ type sample struct {
 	Error   string    `json:"error,omitempty"`
 	LoadAvg string    `json:"loadavg"` // /proc/loadavg before the run: others' load shows here
 
-	RR   *sockperfResult `json:"rr,omitempty"`
-	Bulk *iperfResult    `json:"bulk,omitempty"`
+	RR   *sockperf.Result `json:"rr,omitempty"`
+	Bulk *iperfResult     `json:"bulk,omitempty"`
 
 	// CPUSec is busy time over all CPUs (/proc/stat user+nice+system+irq+
 	// softirq) during the measured window, which lasts WindowSec.
@@ -357,7 +358,7 @@ func (bn *bench) runRR(ctx context.Context, s *sample, c cell, client, srv *test
 		s.Output = tail(out, 4000)
 		return err
 	}
-	r, err := parseSockperf(out)
+	r, err := sockperf.Parse(out)
 	if err != nil {
 		s.Output = tail(out, 4000)
 		return err

@@ -29,6 +29,10 @@ type config struct {
 	demo     bool
 	pinDir   string
 	keep     bool
+	// The footprint section's sizes; 0 takes the default of the mode
+	// (footprintSettings).
+	fpIdle                  time.Duration
+	fpPods, fpStarts, fpCNI int
 }
 
 func main() {
@@ -36,15 +40,27 @@ func main() {
 	flag.IntVar(&cfg.runs, "runs", 3, "repeat every measurement this many times")
 	flag.DurationVar(&cfg.duration, "duration", 4*time.Second, "length of each measurement (whole seconds)")
 	flag.BoolVar(&cfg.quick, "quick", false, "1 run of 2 s: RR 64 B and 1 KiB, bulk 64 KiB only")
-	flag.StringVar(&cfg.only, "only", "", "run only rr or bulk measurements")
-	flag.StringVar(&cfg.out, "o", "out/bench.json", "write the JSON report here, empty for none (-quick, -demo: out/bench-quick.json)")
+	flag.StringVar(&cfg.only, "only", "", "run only rr, bulk or footprint measurements")
+	flag.StringVar(&cfg.out, "o", "out/bench.json", "write the JSON report here, empty for none (-quick, -demo: out/bench-quick.json; -only footprint: out/bench-footprint[-quick].json)")
 	flag.BoolVar(&cfg.demo, "demo", false, "show the redirect working, then a -quick comparison")
 	flag.StringVar(&cfg.pinDir, "pin-dir", pinDirBench, "bpffs directory for the benchmark's own Patu pins")
 	flag.BoolVar(&cfg.keep, "keep-output", false, "keep every tool's raw output in the JSON (default: only of failed runs)")
+	flag.DurationVar(&cfg.fpIdle, "footprint-idle", 0, "footprint: the daemon's idle CPU and wake-up window (default 30s, 10s with -quick)")
+	flag.IntVar(&cfg.fpPods, "footprint-pods", 0, "footprint: pods churned for the daemon's peak RSS (default 50, 10 with -quick)")
+	flag.IntVar(&cfg.fpStarts, "footprint-starts", 0, "footprint: timed pod starts per lab (default 20, 5 with -quick)")
+	flag.IntVar(&cfg.fpCNI, "footprint-cni", 0, "footprint: timed CNI ADD/DEL pairs and single execs (default 50, 12 with -quick)")
 	flag.Parse()
 	explicitOut := false
 	flag.Visit(func(f *flag.Flag) { explicitOut = explicitOut || f.Name == "o" })
-	if (cfg.quick || cfg.demo) && !explicitOut {
+	switch {
+	case explicitOut:
+	case cfg.only == "footprint":
+		// A footprint run alone must not overwrite a whole report.
+		cfg.out = "out/bench-footprint.json"
+		if cfg.quick {
+			cfg.out = "out/bench-footprint-quick.json"
+		}
+	case cfg.quick || cfg.demo:
 		// A quick run must not overwrite the last full one.
 		cfg.out = "out/bench-quick.json"
 	}
@@ -72,15 +88,34 @@ func run(ctx context.Context, log *slog.Logger, cfg config) error {
 	if cfg.duration < time.Second || cfg.duration%time.Second != 0 {
 		return fmt.Errorf("-duration %s: sockperf and iperf3 take whole seconds (at least 1s)", cfg.duration)
 	}
-	if cfg.only != "" && cfg.only != "rr" && cfg.only != "bulk" {
-		return fmt.Errorf("-only %q: want rr or bulk", cfg.only)
+	if cfg.only != "" && cfg.only != "rr" && cfg.only != "bulk" && cfg.only != "footprint" {
+		return fmt.Errorf("-only %q: want rr, bulk or footprint", cfg.only)
+	}
+	if cfg.fpIdle < 0 || (cfg.fpIdle > 0 && cfg.fpIdle < time.Second) || cfg.fpPods < 0 || cfg.fpStarts < 0 || cfg.fpCNI < 0 {
+		return errors.New("-footprint-*: want an idle window of at least 1s and counts of at least 1 (0: the default)")
 	}
 	if os.Geteuid() != 0 {
 		return errors.New("the benchmark needs root (network namespaces, cgroups, BPF): run it with sudo")
 	}
+	if cfg.only == "footprint" {
+		rep := report{Machine: describeMachine(), Started: time.Now(), Config: map[string]any{"quick": cfg.quick, "only": cfg.only}}
+		return footprintSection(ctx, os.Stdout, log, cfg, &rep)
+	}
+	rep, err := comparison(ctx, log, cfg)
+	// The footprint follows the comparison in a full run (make bench),
+	// once the comparison's topology and pins are gone.
+	if err != nil || cfg.demo || cfg.only != "" {
+		return err
+	}
+	return footprintSection(ctx, os.Stdout, log, cfg, &rep)
+}
+
+// comparison runs the side-by-side data path comparison (after the demo
+// with -demo) and returns its report, already written and printed.
+func comparison(ctx context.Context, log *slog.Logger, cfg config) (report, error) {
 	for _, tool := range []string{"sockperf", "iperf3", "taskset", "ip"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			return fmt.Errorf("%s not found: run make deps (or apt-get install sockperf iperf3 util-linux iproute2)", tool)
+			return report{}, fmt.Errorf("%s not found: run make deps (or apt-get install sockperf iperf3 util-linux iproute2)", tool)
 		}
 	}
 
@@ -93,11 +128,11 @@ func run(ctx context.Context, log *slog.Logger, cfg config) error {
 		}
 	}()
 	if err := bn.setupTopology(); err != nil {
-		return err
+		return report{}, err
 	}
 	if cfg.demo {
 		if err := demo(ctx, os.Stdout, bn); err != nil {
-			return err
+			return report{}, err
 		}
 	}
 	return compare(ctx, os.Stdout, log, bn, cfg)
@@ -128,7 +163,7 @@ func cells(cfg config) []cell {
 // compare runs every cell on every path, interleaved: in each round, each
 // cell runs on the three paths back to back, in an order that rotates, so
 // that drift in the machine's speed hits all paths alike.
-func compare(ctx context.Context, w io.Writer, log *slog.Logger, bn *bench, cfg config) error {
+func compare(ctx context.Context, w io.Writer, log *slog.Logger, bn *bench, cfg config) (report, error) {
 	cs := cells(cfg)
 	rep := report{Machine: describeMachine(), Started: time.Now(), Config: map[string]any{
 		"runs": cfg.runs, "duration_s": cfg.duration.Seconds(), "quick": cfg.quick, "only": cfg.only,
@@ -153,7 +188,7 @@ func compare(ctx context.Context, w io.Writer, log *slog.Logger, bn *bench, cfg 
 			for k := range allPaths {
 				p := allPaths[(k+round+ci)%len(allPaths)]
 				if err := ctx.Err(); err != nil {
-					return fmt.Errorf("interrupted after %d of %d measurements: %w", n, total, err)
+					return rep, fmt.Errorf("interrupted after %d of %d measurements: %w", n, total, err)
 				}
 				s := bn.measure(ctx, round, c, p)
 				n++
@@ -163,7 +198,7 @@ func compare(ctx context.Context, w io.Writer, log *slog.Logger, bn *bench, cfg 
 		}
 	}
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("interrupted: %w", err)
+		return rep, fmt.Errorf("interrupted: %w", err)
 	}
 	rep.Finished = time.Now()
 	for _, d := range defineMetrics(cs) {
@@ -179,7 +214,7 @@ func compare(ctx context.Context, w io.Writer, log *slog.Logger, bn *bench, cfg 
 	// The JSON first: a reader piping the table into head must not lose it.
 	if cfg.out != "" {
 		if err := writeJSON(cfg.out, rep); err != nil {
-			return err
+			return rep, err
 		}
 	}
 
@@ -190,7 +225,7 @@ func compare(ctx context.Context, w io.Writer, log *slog.Logger, bn *bench, cfg 
 	if cfg.out != "" {
 		fmt.Fprintf(w, "\nJSON with every sample: %s\n", cfg.out)
 	}
-	return nil
+	return rep, nil
 }
 
 // estimate is how long the measurements take: sockperf sleeps 2 s after

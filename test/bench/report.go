@@ -226,6 +226,8 @@ type report struct {
 	Proof    []metric       `json:"redirect_proof"`
 	Samples  []sample       `json:"samples"`
 	Notes    []string       `json:"notes,omitempty"`
+	// Footprint is the footprint section (footprint*.go), when it ran.
+	Footprint *footprintReport `json:"footprint,omitempty"`
 }
 
 func fmtNum(v float64, dec int) string {

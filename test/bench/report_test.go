@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"strings"
 	"testing"
+
+	"github.com/patu-dev/patu/internal/sockperf"
 )
 
 func TestParseCgroupUsage(t *testing.T) {
@@ -20,7 +22,7 @@ func TestParseCgroupUsage(t *testing.T) {
 func rrSample(round int, p path, p50 float64) sample {
 	c := cell{Kind: kindRR, Size: 1024, CPU: -1}
 	return sample{Round: round, Cell: c.String(), Path: p,
-		RR: &sockperfResult{Percentiles: map[string]float64{"50.000": p50, "99.000": p50 * 3}}}
+		RR: &sockperf.Result{Percentiles: map[string]float64{"50.000": p50, "99.000": p50 * 3}}}
 }
 
 func TestEvaluateRatioAndTarget(t *testing.T) {

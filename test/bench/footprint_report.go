@@ -1,0 +1,462 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// Targets of the footprint section. "≈ 0" for the idle daemon is read as
+// at most 1 ms of CPU and 1 wake-up per second.
+var (
+	targetBinaryMiB   = target{"<=", 20}
+	targetRSSMiB      = target{"<=", 15}
+	targetIdleCPU     = target{"<=", 1} // ms per s
+	targetIdleWakeups = target{"<=", 1} // per s
+	targetCNIOverhead = target{"<=", 5} // ms, difference of p50s
+)
+
+// footprintReport is the "footprint" object of the JSON report.
+type footprintReport struct {
+	Settings   fpSettingsReport `json:"settings"`
+	Containerd string           `json:"containerd"`
+	Started    time.Time        `json:"started"`
+	Finished   time.Time        `json:"finished"`
+	Binaries   []binaryInfo     `json:"binaries"`
+	// DaemonReadySec is start to ready file: patu load, connecting to the
+	// runtime, the first reconcile.
+	DaemonReadySec float64    `json:"daemon_ready_s,omitempty"`
+	RSS            []rssPoint `json:"daemon_rss"`
+	Churn          *churnInfo `json:"churn,omitempty"`
+	Idle           *idleUsage `json:"idle,omitempty"`
+	PodStart       *pairTimes `json:"pod_start,omitempty"`
+	CNIAdd         *pairTimes `json:"cni_add,omitempty"`
+	// CNIAddNoop is the same with a no-op Go plugin in patu's place.
+	CNIAddNoop *pairTimes `json:"cni_add_noop_plugin,omitempty"`
+	// CNIAddSplit is where each conflist's ADD time goes.
+	CNIAddSplit []cniSplit   `json:"cni_add_split,omitempty"`
+	CNIDel      *pairTimes   `json:"cni_del,omitempty"`
+	Exec        []execTimes  `json:"exec,omitempty"`
+	Checks      []checkValue `json:"checks"`
+	Notes       []string     `json:"notes,omitempty"`
+	Error       string       `json:"error,omitempty"`
+}
+
+type fpSettingsReport struct {
+	Flavor         string  `json:"flavor"`
+	Lab            string  `json:"lab"`
+	BaselineLab    string  `json:"baseline_lab"`
+	CNIRig         string  `json:"cni_rig"`
+	PinDir         string  `json:"pin_dir"`
+	SettleSec      float64 `json:"settle_s"`
+	IdleSec        float64 `json:"idle_window_s"`
+	ChurnPods      int     `json:"churn_pods"`
+	ChurnWidth     int     `json:"churn_width"`
+	PodStarts      int     `json:"pod_starts_per_lab"`
+	CNIPairs       int     `json:"cni_pairs"`
+	AfterChurnMaxS float64 `json:"after_churn_max_wait_s"`
+}
+
+func (s fpSettings) report() fpSettingsReport {
+	return fpSettingsReport{
+		Flavor: fpFlavor, Lab: fpPrefix + " " + fpSubnet.String() + " (patu chained, daemon running)",
+		BaselineLab: fpBasePrefix + " " + fpBaseSubnet.String() + " (no patu)",
+		CNIRig:      fmt.Sprintf("netns %s, %s, %s; bridge %s %s", fpNetnsNode, fpNetnsPod, fpNetnsExec, fpBridge, fpCNISubnet),
+		PinDir:      fpPinDir, SettleSec: s.Settle.Seconds(), IdleSec: s.Idle.Seconds(),
+		ChurnPods: s.ChurnPods, ChurnWidth: s.ChurnWidth, PodStarts: s.Starts, CNIPairs: s.CNIPairs,
+		AfterChurnMaxS: s.AfterMax.Seconds(),
+	}
+}
+
+type binaryInfo struct {
+	Name  string `json:"name"`
+	Bytes int64  `json:"bytes"`
+}
+
+func (b binaryInfo) MiB() float64 { return float64(b.Bytes) / (1 << 20) }
+
+// rssPoint is the daemon's memory at one moment: "idle" (Settle after
+// ready), "peak" (highest VmRSS sampled during churn) or "after_churn".
+// Sizes in KiB, from /proc/PID/status.
+type rssPoint struct {
+	When     string `json:"when"`
+	VmRSS    int64  `json:"vm_rss_kib"`
+	RssAnon  int64  `json:"rss_anon_kib"`
+	RssFile  int64  `json:"rss_file_kib"`
+	RssShmem int64  `json:"rss_shmem_kib"`
+	Threads  int    `json:"threads"`
+	// BinaryKiB is the part of RssFile that is the patu executable's own
+	// pages (smaps: Rss minus Anonymous of its mappings); not read for the
+	// peak, which is sampled fast.
+	BinaryKiB int64   `json:"binary_file_kib,omitempty"`
+	AfterSec  float64 `json:"after_s,omitempty"` // idle: since ready; after_churn: since the last pod was removed
+	Samples   int     `json:"samples,omitempty"` // peak: RSS samples taken during churn
+}
+
+func newRSSPoint(when string, st procStatus) rssPoint {
+	return rssPoint{When: when, VmRSS: st.VmRSS, RssAnon: st.RssAnon, RssFile: st.RssFile, RssShmem: st.RssShmem, Threads: st.Threads}
+}
+
+type churnInfo struct {
+	Pods  int     `json:"pods"`
+	Width int     `json:"width"`
+	UpSec float64 `json:"create_s"`
+	// AttachedSec is how long after the last pod was created the daemon
+	// had a cgroup attached per pod.
+	AttachedSec    float64 `json:"attached_after_s"`
+	DownSec        float64 `json:"remove_s"`
+	TopPods        int     `json:"pod_records_at_top"`
+	TopAttachments int     `json:"cgroup_attachments_at_top"`
+	// AfterAnonKiB is RssAnon every 250 ms from the last pod's removal
+	// until the after_churn reading.
+	AfterAnonKiB []int64 `json:"after_churn_rss_anon_kib"`
+}
+
+type idleUsage struct {
+	WindowSec     float64 `json:"window_s"`
+	CPUTicks      uint64  `json:"cpu_ticks"` // utime+stime, 1/100 s
+	CPUMsPerSec   float64 `json:"cpu_ms_per_s"`
+	RunNs         uint64  `json:"run_ns"` // sum of the threads' schedstat run time: finer than ticks
+	RunMsPerSec   float64 `json:"run_ms_per_s"`
+	Switches      uint64  `json:"context_switches"` // voluntary + nonvoluntary, all threads
+	WakeupsPerSec float64 `json:"wakeups_per_s"`
+	Threads       int     `json:"threads"`
+}
+
+// fpTiming is a set of durations in ms.
+type fpTiming struct {
+	Samples []float64 `json:"samples_ms"`
+	P50     float64   `json:"p50_ms"`
+	P90     float64   `json:"p90_ms"`
+}
+
+func newFPTiming(ms []float64) fpTiming {
+	t := fpTiming{Samples: ms}
+	if len(ms) > 0 {
+		t.P50, t.P90 = quantile(ms, 0.5), quantile(ms, 0.9)
+	}
+	return t
+}
+
+// pairTimes is a duration measured with and without Patu, interleaved.
+type pairTimes struct {
+	Without fpTiming `json:"without_patu"`
+	With    fpTiming `json:"with_patu"`
+	DiffP50 float64  `json:"diff_p50_ms"` // with.p50 - without.p50
+	// PairedDiffMedian is the median of (with - without) within each
+	// round, less sensitive to drift.
+	PairedDiffMedian float64 `json:"paired_diff_median_ms,omitempty"`
+}
+
+// cniSplit is one conflist's ADD time by plugin exec.
+type cniSplit struct {
+	Conflist string   `json:"conflist"`
+	Bridge   fpTiming `json:"bridge"`  // bridge's exec, host-local's inside it
+	Chained  fpTiming `json:"chained"` // patu's or the no-op plugin's exec
+	Libcni   fpTiming `json:"libcni"`  // the rest: libcni's own work (config, cache file)
+}
+
+// execTimes is one kind of single exec.
+type execTimes struct {
+	What string `json:"what"`
+	fpTiming
+	MinorFaults float64 `json:"minor_faults_median"`
+	CPUMs       float64 `json:"cpu_ms_median"` // the child's user+sys time
+}
+
+// checkValue is one figure against its target.
+type checkValue struct {
+	ID     string  `json:"id"`
+	Label  string  `json:"label"`
+	Unit   string  `json:"unit"`
+	Value  float64 `json:"value"`
+	Target target  `json:"target"`
+	Met    bool    `json:"met"`
+}
+
+// checks evaluates every figure that has a target and was measured.
+func (r *footprintReport) checks() []checkValue {
+	var out []checkValue
+	add := func(id, label, unit string, v float64, t target) {
+		out = append(out, checkValue{ID: id, Label: label, Unit: unit, Value: v, Target: t, Met: t.met(v)})
+	}
+	for _, b := range r.Binaries {
+		if b.Name == "patu" || b.Name == "patu-cni" {
+			add("binary_size_"+strings.ReplaceAll(b.Name, "-", "_"), b.Name+" binary", "MiB", b.MiB(), targetBinaryMiB)
+		}
+	}
+	for _, p := range r.RSS {
+		add("daemon_rss_"+p.When, "daemon RSS "+strings.ReplaceAll(p.When, "_", " "), "MiB", float64(p.VmRSS)/1024, targetRSSMiB)
+	}
+	if r.Idle != nil {
+		add("daemon_idle_cpu", "daemon idle CPU", "ms/s", r.Idle.CPUMsPerSec, targetIdleCPU)
+		add("daemon_idle_wakeups", "daemon idle wake-ups", "1/s", r.Idle.WakeupsPerSec, targetIdleWakeups)
+	}
+	if r.CNIAdd != nil {
+		add("cni_add_overhead_p50", "CNI ADD overhead of patu (p50)", "ms", r.CNIAdd.DiffP50, targetCNIOverhead)
+	}
+	return out
+}
+
+func (r *footprintReport) check(id string) (checkValue, bool) {
+	for _, c := range r.Checks {
+		if c.ID == id {
+			return c, true
+		}
+	}
+	return checkValue{}, false
+}
+
+func metText(c checkValue, ok bool) string {
+	switch {
+	case !ok:
+		return ""
+	case c.Met:
+		return c.Target.String() + " met"
+	default:
+		return c.Target.String() + " NOT MET"
+	}
+}
+
+// writeFootprintTable prints the footprint section.
+func writeFootprintTable(w io.Writer, r *footprintReport, m machine) {
+	s := r.Settings
+	fmt.Fprintf(w, "\nPatu footprint: %s, %d CPUs, kernel %s; %s; took %s\n\n", m.CPUModel, m.NProc, m.Kernel,
+		r.Containerd, r.Finished.Sub(r.Started).Round(time.Second))
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "metric\tunit\tvalue\tdetail\ttarget")
+	for _, b := range r.Binaries {
+		if b.Name != "patu" && b.Name != "patu-cni" {
+			continue
+		}
+		c, ok := r.check("binary_size_" + strings.ReplaceAll(b.Name, "-", "_"))
+		fmt.Fprintf(tw, "%s binary\tMiB\t%.1f\t%d bytes; CGO_ENABLED=0 go build -trimpath -ldflags=-s\t%s\n", b.Name, b.MiB(), b.Bytes, metText(c, ok))
+	}
+	for _, p := range r.RSS {
+		c, ok := r.check("daemon_rss_" + p.When)
+		var label, more string
+		switch p.When {
+		case "idle":
+			label = fmt.Sprintf("daemon RSS idle, %.0f s after ready", p.AfterSec)
+		case "peak":
+			label = fmt.Sprintf("daemon RSS peak, churn of %d pods", s.ChurnPods)
+			more = fmt.Sprintf("; max of %d samples, 100 ms apart", p.Samples)
+		case "after_churn":
+			label = "daemon RSS after churn"
+			more = fmt.Sprintf("; %.1f s after the last pod went", p.AfterSec)
+		}
+		detail := fmt.Sprintf("anon %s + file %s", mibText(p.RssAnon), mibText(p.RssFile))
+		if p.RssShmem > 0 {
+			detail += " + shmem " + mibText(p.RssShmem)
+		}
+		if p.BinaryKiB > 0 {
+			detail += fmt.Sprintf(" (%s of it the patu binary)", mibText(p.BinaryKiB))
+		}
+		detail += fmt.Sprintf("; %d threads", p.Threads) + more
+		fmt.Fprintf(tw, "%s\tMiB\t%.2f\t%s\t%s\n", label, float64(p.VmRSS)/1024, detail, metText(c, ok))
+	}
+	if u := r.Idle; u != nil {
+		c, ok := r.check("daemon_idle_cpu")
+		fmt.Fprintf(tw, "daemon idle CPU\tms/s\t%.2f\tutime+stime %d ticks in %.0f s; threads ran %.3f ms/s (schedstat)\t≈ 0 (%s)\n",
+			u.CPUMsPerSec, u.CPUTicks, u.WindowSec, u.RunMsPerSec, metText(c, ok))
+		c, ok = r.check("daemon_idle_wakeups")
+		fmt.Fprintf(tw, "daemon idle wake-ups\t1/s\t%.2f\t%d context switches in %.0f s, %d threads\t≈ 0 (%s)\n",
+			u.WakeupsPerSec, u.Switches, u.WindowSec, u.Threads, metText(c, ok))
+	}
+	tw.Flush()
+
+	if r.PodStart != nil || r.CNIAdd != nil {
+		fmt.Fprintln(w, "\nwith and without Patu, interleaved in one run: p50 [p90]")
+		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "metric\tunit\twithout patu\twith patu\tpatu adds (p50s)\tpaired\ttarget")
+		row := func(label string, p *pairTimes, tgt string) {
+			if p == nil {
+				return
+			}
+			paired := ""
+			if p.PairedDiffMedian != 0 {
+				paired = fmt.Sprintf("%+.1f", p.PairedDiffMedian)
+			}
+			fmt.Fprintf(tw, "%s\tms\t%s\t%s\t%+.1f\t%s\t%s\n", label, fpTimingText(p.Without), fpTimingText(p.With), p.DiffP50, paired, tgt)
+		}
+		row(fmt.Sprintf("pod start, RunPod → ready (%d each)", len(samplesOf(r.PodStart))), r.PodStart, "none set")
+		c, ok := r.check("cni_add_overhead_p50")
+		row(fmt.Sprintf("CNI ADD, bridge+host-local (+patu) (%d each)", len(samplesOf(r.CNIAdd))), r.CNIAdd, metText(c, ok))
+		row("  same, a no-op Go plugin instead of patu", r.CNIAddNoop, "for reference")
+		row("CNI DEL, bridge+host-local (+patu)", r.CNIDel, "none set")
+		tw.Flush()
+		fmt.Fprintln(w, "paired = median over rounds of (with - without)")
+	}
+
+	if len(r.CNIAddSplit) > 0 {
+		fmt.Fprintln(w, "\nCNI ADD by plugin exec, inside the chain: p50 [p90] ms")
+		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "conflist\tbridge (runs host-local)\tchained plugin\tlibcni itself")
+		for _, c := range r.CNIAddSplit {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", c.Conflist, fpTimingText(c.Bridge), fpTimingText(c.Chained), fpTimingText(c.Libcni))
+		}
+		tw.Flush()
+	}
+
+	if len(r.Exec) > 0 {
+		fmt.Fprintln(w, "\nsingle exec from the benchmark (as libcni runs a plugin), the floor under a CNI ADD:")
+		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "exec\tms p50 [p90]\tminor faults\tchild CPU ms\tbinary")
+		for _, e := range r.Exec {
+			size := ""
+			switch {
+			case e.What == binEmpty:
+				size = fpBinarySize(r, binEmpty)
+			case strings.HasPrefix(e.What, binNoop):
+				size = fpBinarySize(r, binNoop)
+			case strings.HasPrefix(e.What, "patu-cni"):
+				size = fpBinarySize(r, "patu-cni")
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.2f\t%s\n", e.What, fpTimingText(e.fpTiming), e.MinorFaults, e.CPUMs, size)
+		}
+		tw.Flush()
+		if t := r.startupSummary(); t != "" {
+			fmt.Fprintln(w, t)
+		}
+	}
+	fmt.Fprintln(w, "\nRSS file pages are mostly the patu binary's own text and data, mapped from the file: shared with the page")
+	fmt.Fprintln(w, "cache and dropped first under memory pressure. BPF maps and programs are kernel memory, not in RSS.")
+	fmt.Fprintf(w, "Idle ≈ 0 is read as ≤ 1 ms CPU and ≤ 1 wake-up per second. Labs: containerd %s, %s and %s.\n", s.Flavor, s.Lab, s.BaselineLab)
+	for _, n := range r.Notes {
+		fmt.Fprintf(w, "note: %s\n", n)
+	}
+	if r.Error != "" {
+		fmt.Fprintf(w, "FAILED: footprint: %s\n", firstLine(r.Error))
+	}
+}
+
+// startupSummary says what the exec table shows about CNI ADD: how much
+// of patu's overhead is starting a Go binary, and the cost of a page fault
+// (patu-cni against /bin/true), or "" when a number is missing.
+func (r *footprintReport) startupSummary() string {
+	get := func(what string) (execTimes, bool) {
+		for _, e := range r.Exec {
+			if e.What == what && len(e.Samples) > 0 {
+				return e, true
+			}
+		}
+		return execTimes{}, false
+	}
+	tru, ok1 := get("/bin/true")
+	empty, ok2 := get(binEmpty)
+	cni, ok3 := get("patu-cni ADD, Patu loaded")
+	bare, ok4 := get("patu-cni ADD, Patu not loaded")
+	if !ok1 || !ok2 || !ok3 || !ok4 || cni.MinorFaults <= tru.MinorFaults {
+		return ""
+	}
+	t := fmt.Sprintf("patu-cni ADD takes %s ms: an empty Go program takes %s ms, registering the pod (Patu loaded or not) %s ms;\n",
+		fmtMs(cni.P50), fmtMs(empty.P50), fmtMs(cni.P50-bare.P50))
+	t += fmt.Sprintf("≈ %.0f µs per minor page fault beyond /bin/true's (%.0f more faults).",
+		(cni.P50-tru.P50)*1000/(cni.MinorFaults-tru.MinorFaults), cni.MinorFaults-tru.MinorFaults)
+	if r.CNIAddNoop != nil && r.CNIAdd != nil {
+		t += fmt.Sprintf(" A chained Go plugin that does nothing adds %s ms to CNI ADD here, patu %s ms.",
+			fmtMs(r.CNIAddNoop.DiffP50), fmtMs(r.CNIAdd.DiffP50))
+	}
+	return t
+}
+
+func samplesOf(p *pairTimes) []float64 {
+	if p == nil {
+		return nil
+	}
+	return p.With.Samples
+}
+
+func fpBinarySize(r *footprintReport, name string) string {
+	for _, b := range r.Binaries {
+		if b.Name == name {
+			return fmt.Sprintf("%.1f MiB", b.MiB())
+		}
+	}
+	return ""
+}
+
+func fpTimingText(t fpTiming) string {
+	if len(t.Samples) == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%s [%s]", fmtMs(t.P50), fmtMs(t.P90))
+}
+
+// fmtMs keeps about three significant digits.
+func fmtMs(v float64) string {
+	switch a := math.Abs(v); {
+	case a >= 100:
+		return fmt.Sprintf("%.0f", v)
+	case a >= 10:
+		return fmt.Sprintf("%.1f", v)
+	}
+	return fmt.Sprintf("%.2f", v)
+}
+
+func mibText(kib int64) string { return fmt.Sprintf("%.1f", float64(kib)/1024) }
+
+// smapsFileRSS sums the resident file pages of the mappings of file in a
+// /proc/PID/smaps: Rss minus Anonymous (the copied-on-write pages of its
+// data segment, which status counts as RssAnon).
+func smapsFileRSS(data []byte, file string) (int64, error) {
+	var sum int64
+	in := false
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		fs := strings.Fields(line)
+		if len(fs) == 0 {
+			continue
+		}
+		if isSmapsHeader(fs) {
+			// address perms offset dev inode [path]
+			in = len(fs) >= 6 && strings.Join(fs[5:], " ") == file
+			continue
+		}
+		if !in || (fs[0] != "Rss:" && fs[0] != "Anonymous:") {
+			continue
+		}
+		if len(fs) != 3 || fs[2] != "kB" {
+			return 0, fmt.Errorf("smaps: %q: want a size in kB", line)
+		}
+		n, err := strconv.ParseInt(fs[1], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("smaps: %w", err)
+		}
+		if fs[0] == "Anonymous:" {
+			n = -n
+		}
+		sum += n
+	}
+	return sum, sc.Err()
+}
+
+// isSmapsHeader tells a mapping's first line ("5581f6a3e000-5581f6a40000
+// r--p ...") from its "Key: value" lines.
+func isSmapsHeader(fs []string) bool {
+	lo, hi, ok := strings.Cut(fs[0], "-")
+	if !ok || len(fs) < 5 || strings.HasSuffix(fs[0], ":") {
+		return false
+	}
+	_, err1 := strconv.ParseUint(lo, 16, 64)
+	_, err2 := strconv.ParseUint(hi, 16, 64)
+	return err1 == nil && err2 == nil
+}
+
+// fpFileTail returns about the last n bytes of a file, for error messages.
+func fpFileTail(path string, n int) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "(" + err.Error() + ")"
+	}
+	return tail(string(data), n)
+}
