@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"log/slog"
 	"path/filepath"
 	"slices"
@@ -486,6 +487,12 @@ func (w *Watcher) syncPod(ctx context.Context, s cri.Sandbox, containers []cri.C
 		if info.Pid > 0 {
 			if st.netIno, err = netnsIno(info.Pid); err != nil {
 				return fmt.Errorf("sandbox %s: %w", s.ID, err)
+			}
+			if self, err := netnsIno(os.Getpid()); err == nil && self == st.netIno {
+				// A host-network pod (some runtimes report the node's
+				// address for it): its address is the node's, never a
+				// pod endpoint.
+				return nil
 			}
 			if info.CgroupParent != "" {
 				// The sandbox's own cgroup sits in the pod cgroup; taking

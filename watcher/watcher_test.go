@@ -439,3 +439,25 @@ func TestFirstContainerRegistersItsPod(t *testing.T) {
 		t.Errorf("attachments %v", atts)
 	}
 }
+
+// TestHostNetworkPodIsNotRegistered: a sandbox in the node's own network
+// namespace reports the node's address; it must never become an endpoint.
+func TestHostNetworkPodIsNotRegistered(t *testing.T) {
+	fx := newFixture(t, "wthn", "10.206.5.0/24", "fd00:206:5::/64")
+	host := exec.Command("sleep", "300")
+	if err := host.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { host.Process.Kill(); host.Wait() })
+	fx.rt.set(func(f *fakeRuntime) {
+		f.sandboxes["hostnet"] = cri.Sandbox{ID: "hostnet", Name: "hostnet", Ready: true,
+			IPs: []netip.Addr{netip.MustParseAddr("10.206.5.250")}, CreatedAt: time.Now()}
+		f.infos["hostnet"] = cri.SandboxInfo{Pid: host.Process.Pid}
+	})
+	if err := fx.w.Reconcile(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if recs, eps, _ := fx.state(t); len(recs) != 0 || len(eps) != 0 {
+		t.Errorf("host-network pod registered: %v %v", recs, eps)
+	}
+}
