@@ -5,8 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -78,8 +78,11 @@ type Watcher struct {
 	// and early attaches; taken before mu, never while holding it.
 	write sync.Mutex
 	mu    sync.Mutex
-	pods  map[string]*podState // by sandbox id, ready pods only
-	ctrs  map[string]*ctrState // by container id, of ready pods
+	pods  map[string]*podState
+	// hostNet are ready sandboxes in the node's network namespace,
+	// remembered so that each reconcile does not ask about them again.
+	hostNet map[string]bool      // by sandbox id, ready pods only
+	ctrs    map[string]*ctrState // by container id, of ready pods
 }
 
 type podState struct {
@@ -128,13 +131,14 @@ func New(cfg Config) (*Watcher, error) {
 		cfg.Metrics = NewMetrics()
 	}
 	return &Watcher{
-		cfg:   cfg,
-		log:   cfg.Log,
-		m:     cfg.Metrics,
-		dirty: make(chan struct{}, 1),
-		ready: make(chan struct{}),
-		pods:  map[string]*podState{},
-		ctrs:  map[string]*ctrState{},
+		cfg:     cfg,
+		log:     cfg.Log,
+		m:       cfg.Metrics,
+		dirty:   make(chan struct{}, 1),
+		ready:   make(chan struct{}),
+		pods:    map[string]*podState{},
+		hostNet: map[string]bool{},
+		ctrs:    map[string]*ctrState{},
 	}, nil
 }
 
@@ -461,6 +465,11 @@ func (w *Watcher) reconcile(ctx context.Context) error {
 			delete(w.pods, id)
 		}
 	}
+	for id := range w.hostNet {
+		if _, ok := want[id]; !ok {
+			delete(w.hostNet, id)
+		}
+	}
 	for id, c := range w.ctrs {
 		if _, ok := want[c.sandbox]; !ok && (c.sandbox != "" || now.Sub(c.startedAt) > w.cfg.Grace) {
 			delete(w.ctrs, id)
@@ -476,8 +485,11 @@ func (w *Watcher) reconcile(ctx context.Context) error {
 // from it are forgotten; otherwise it adds to what is known.
 func (w *Watcher) syncPod(ctx context.Context, s cri.Sandbox, containers []cri.Container, full bool) error {
 	w.mu.Lock()
-	st := w.pods[s.ID]
+	st, hostNet := w.pods[s.ID], w.hostNet[s.ID]
 	w.mu.Unlock()
+	if hostNet {
+		return nil
+	}
 	if st == nil {
 		info, err := w.cfg.Runtime.SandboxInfo(ctx, s.ID)
 		if err != nil {
@@ -492,6 +504,9 @@ func (w *Watcher) syncPod(ctx context.Context, s cri.Sandbox, containers []cri.C
 				// A host-network pod (some runtimes report the node's
 				// address for it): its address is the node's, never a
 				// pod endpoint.
+				w.mu.Lock()
+				w.hostNet[s.ID] = true
+				w.mu.Unlock()
 				return nil
 			}
 			if info.CgroupParent != "" {
