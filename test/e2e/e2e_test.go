@@ -186,10 +186,15 @@ func suite(t *testing.T, cfg nodeConfig) {
 	t.Run("kill-daemon", func(t *testing.T) {
 		// A stream keeps going while the daemon dies: the data path is in
 		// the kernel.
-		done := make(chan peerresult.Result, 1)
+		type result struct {
+			res peerresult.Result
+			err error
+		}
+		done := make(chan result, 1)
 		go func() {
-			done <- n.client(ctx, b, time.Minute, "--connect", netip.AddrPortFrom(a.IP, 8080).String(),
+			res, err := n.tryClient(ctx, b, time.Minute, "--connect", netip.AddrPortFrom(a.IP, 8080).String(),
 				"--mode", "stream", "--duration", "3s", "--pause-max", "20us")
+			done <- result{res, err}
 		}()
 		time.Sleep(time.Second)
 		n.stopDaemon(syscall.SIGKILL)
@@ -198,8 +203,11 @@ func suite(t *testing.T, cfg nodeConfig) {
 		if c1 := n.counters(); c1.RedirectBytes == c0.RedirectBytes {
 			t.Errorf("nothing redirected while the daemon was down")
 		}
-		res := <-done
-		t.Logf("stream across the daemon's kill: %d bytes intact", res.Bytes)
+		r := <-done
+		if r.err != nil {
+			t.Fatalf("stream across the daemon's kill: %v", r.err)
+		}
+		t.Logf("stream across the daemon's kill: %d bytes intact", r.res.Bytes)
 
 		// Pods that came and went while it was down are reconciled.
 		f := n.runPod(ctx, "f", true, nil, serverCmd...)

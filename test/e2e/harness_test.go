@@ -71,7 +71,10 @@ type node struct {
 	metrics string
 	daemon  *exec.Cmd
 	logPath string
-	waitErr chan error
+	// exited is closed when the daemon process has been waited for;
+	// exitErr is its result then.
+	exited  chan struct{}
+	exitErr error
 }
 
 type nodeConfig struct {
@@ -154,17 +157,19 @@ func (n *node) startDaemon() {
 		n.t.Fatal(err)
 	}
 	n.daemon = cmd
-	n.waitErr = make(chan error, 1)
-	go func() { n.waitErr <- cmd.Wait() }()
+	exited := make(chan struct{})
+	n.exited = exited
+	go func() { n.exitErr = cmd.Wait(); close(exited) }()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if _, err := os.Stat(ready); err == nil {
 			return
 		}
 		select {
-		case err := <-n.waitErr:
+		case <-exited:
+			n.daemon = nil
 			b, _ := os.ReadFile(n.logPath)
-			n.t.Fatalf("daemon exited: %v\n%s", err, tail(b, 30))
+			n.t.Fatalf("daemon exited: %v\n%s", n.exitErr, tail(b, 30))
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
@@ -180,10 +185,10 @@ func (n *node) stopDaemon(sig syscall.Signal) {
 	}
 	n.daemon.Process.Signal(sig)
 	select {
-	case <-n.waitErr:
+	case <-n.exited:
 	case <-time.After(10 * time.Second):
 		n.daemon.Process.Kill()
-		<-n.waitErr
+		<-n.exited
 	}
 	n.daemon = nil
 }
@@ -345,16 +350,26 @@ func (n *node) assertGone(ids []string, ips []netip.Addr, cgroups []uint64) {
 // result; a failed connection fails the test.
 func (n *node) client(ctx context.Context, from *pod, timeout time.Duration, args ...string) peerresult.Result {
 	n.t.Helper()
+	res, err := n.tryClient(ctx, from, timeout, args...)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	return res
+}
+
+// tryClient is client for goroutines other than the test's: it returns
+// the failure instead of ending the test.
+func (n *node) tryClient(ctx context.Context, from *pod, timeout time.Duration, args ...string) (peerresult.Result, error) {
 	argv := append([]string{"/bin/patu-testpeer", "client"}, args...)
 	stdout, stderr, code, err := n.lab.Exec(ctx, from.ctr, timeout, argv...)
 	if err != nil {
-		n.t.Fatalf("exec client: %v", err)
+		return peerresult.Result{}, fmt.Errorf("exec client: %w", err)
 	}
 	res, perr := peerresult.Parse(stdout)
 	if code != 0 || perr != nil || res.Failed > 0 {
-		n.t.Fatalf("client exit %d, result %+v (%v)\nstderr: %s", code, res, perr, tail(stderr, 20))
+		return res, fmt.Errorf("client exit %d, result %+v (%v)\nstderr: %s", code, res, perr, tail(stderr, 20))
 	}
-	return res
+	return res, nil
 }
 
 // vethPackets returns rx+tx packets of a pod's host-side veth, which lives
