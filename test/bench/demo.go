@@ -9,11 +9,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/patu-dev/patu/internal/gotool"
 	"github.com/patu-dev/patu/internal/peerresult"
 	"github.com/patu-dev/patu/internal/testnet"
 )
@@ -39,7 +39,7 @@ func demo(ctx context.Context, w io.Writer, bn *bench) error {
 
 	fmt.Fprintf(w, "\nBuilding patu-testpeer, the verifying traffic tool (test/peer)...\n")
 	peer := filepath.Join(tmp, "patu-testpeer")
-	if out, err := exec.CommandContext(ctx, goTool(), "build", "-o", peer, "github.com/patu-dev/patu/test/peer").CombinedOutput(); err != nil {
+	if out, err := exec.CommandContext(ctx, gotool.Path(), "build", "-o", peer, "github.com/patu-dev/patu/test/peer").CombinedOutput(); err != nil {
 		return fmt.Errorf("build patu-testpeer: %w: %s", err, tail(string(out), 1000))
 	}
 	srvAddr := netip.AddrPortFrom(bn.b.IPv4, 7100)
@@ -149,23 +149,6 @@ func demo(ctx context.Context, w io.Writer, bn *bench) error {
 	}
 	fmt.Fprintf(w, "\n4. Patu unloaded. Now a quick side-by-side measurement (1 run of 2 s each; `make bench` does 3 of 4 s):\n")
 	return nil
-}
-
-// goTool finds the go command: under sudo, PATH often lacks it, but the
-// toolchain that built this program (go run) is still there.
-func goTool() string {
-	if p, err := exec.LookPath("go"); err == nil {
-		return p
-	}
-	if p := filepath.Join(runtime.GOROOT(), "bin", "go"); fileExists(p) {
-		return p
-	}
-	return "go"
-}
-
-func fileExists(p string) bool {
-	_, err := os.Stat(p)
-	return err == nil
 }
 
 // fallbackReasons are Patu's reasons for sending over TCP, in the order

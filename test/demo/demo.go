@@ -17,6 +17,7 @@ import (
 
 	"github.com/patu-dev/patu/bpf"
 	"github.com/patu-dev/patu/cgroup"
+	"github.com/patu-dev/patu/internal/gotool"
 	"github.com/patu-dev/patu/internal/peerresult"
 	"github.com/patu-dev/patu/internal/rtlab"
 )
@@ -230,7 +231,7 @@ func (d *demo) prepare(ctx context.Context) error {
 	d.bins.patu, d.bins.cni, d.bins.peer = filepath.Join(d.tmp, "patu"), filepath.Join(d.tmp, "patu-cni"), filepath.Join(d.tmp, "patu-testpeer")
 	for out, pkg := range map[string]string{d.bins.patu: "cmd/patu", d.bins.cni: "cmd/patu-cni", d.bins.peer: "test/peer"} {
 		// Static: patu-testpeer goes into the pods' busybox image.
-		cmd := exec.CommandContext(ctx, goTool(), "build", "-trimpath", "-o", out, "github.com/patu-dev/patu/"+pkg)
+		cmd := exec.CommandContext(ctx, gotool.Path(), "build", "-trimpath", "-o", out, "github.com/patu-dev/patu/"+pkg)
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if b, err := cmd.CombinedOutput(); err != nil {
 			return fmt.Errorf("build %s: %w: %s", pkg, err, strings.TrimSpace(string(b)))
@@ -547,18 +548,6 @@ func (d *demo) section(format string, args ...any) {
 
 func (d *demo) printf(format string, args ...any) {
 	fmt.Fprintf(d.w, format, args...)
-}
-
-// goTool finds the go command: under sudo, PATH often lacks it, but the
-// toolchain that built this program (go run) is still there.
-func goTool() string {
-	if p, err := exec.LookPath("go"); err == nil {
-		return p
-	}
-	if p := filepath.Join(runtime.GOROOT(), "bin", "go"); exists(p) {
-		return p
-	}
-	return "go"
 }
 
 func exists(p string) bool {
