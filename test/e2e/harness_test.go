@@ -107,7 +107,7 @@ func newNode(t *testing.T, cfg nodeConfig) *node {
 		t.Fatal(err)
 	}
 	n := &node{t: t, lab: lab, pinDir: pinDir, events: cfg.events,
-		metrics: freeAddr(t), logPath: filepath.Join(t.TempDir(), "daemon.log")}
+		logPath: filepath.Join(t.TempDir(), "daemon.log")}
 	// Patu is loaded before any pod exists, as on a node where the daemon
 	// ran before: the CNI plugin records pods from the first one on.
 	if out, err := exec.Command(bins.patu, "--bpffs", pinDir, "load").CombinedOutput(); err != nil {
@@ -143,6 +143,9 @@ func freeAddr(t *testing.T) string {
 func (n *node) startDaemon() {
 	n.t.Helper()
 	ready := filepath.Join(n.t.TempDir(), "ready")
+	// A fresh port each time: while a killed daemon was down, any client
+	// socket of the parallel tests may have taken the old one.
+	n.metrics = freeAddr(n.t)
 	logf, err := os.OpenFile(n.logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
 		n.t.Fatal(err)
