@@ -12,6 +12,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/patu-dev/patu/cgroup"
+	"golang.org/x/sys/unix"
 )
 
 // cgroupPath is the value of patu_cgroup_paths: a NUL-padded path.
@@ -178,6 +179,12 @@ func (d *Datapath) updateCgroupLinks(prog *ebpf.Program) error {
 		}
 		err = l.Update(prog)
 		l.Close()
+		if errors.Is(err, unix.ENOLINK) {
+			// Its cgroup was removed and the kernel detached it: there is
+			// nothing to move, and the pin is all that is left of it.
+			os.Remove(pin)
+			continue
+		}
 		if err != nil {
 			return fmt.Errorf("update cgroup link %s: %w", pin, err)
 		}

@@ -115,3 +115,31 @@ func TestAttachRefusesNonCgroup2(t *testing.T) {
 		t.Fatal("attached to a directory that is not a cgroup")
 	}
 }
+
+// TestLoadAfterCgroupRemoved: a cgroup removed while attached leaves a
+// severed link behind; loading again (a daemon restart) must not fail on it.
+func TestLoadAfterCgroupRemoved(t *testing.T) {
+	testnet.Privileged(t)
+	Unload(testPinDir)
+	t.Cleanup(func() { Unload(testPinDir) })
+	cg := testnet.Cgroup(t, "patu-test-bpf-gone")
+	d, err := Load(Options{PinDir: testPinDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if err := d.Attach(cg); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(cg); err != nil {
+		t.Fatal(err)
+	}
+	d2, err := Load(Options{PinDir: testPinDir})
+	if err != nil {
+		t.Fatalf("load with a severed cgroup link: %v", err)
+	}
+	d2.Close()
+	if atts, _ := d.Attachments(); len(atts) != 0 {
+		t.Errorf("severed link still pinned: %+v", atts)
+	}
+}

@@ -185,6 +185,15 @@ func SetCgroups(dp *bpf.Datapath, id string, dirs []string) error {
 		return fmt.Errorf("pod %s: %d cgroups, at most %d are tracked per pod", p, len(dirs), bpf.MaxPodCgroups)
 	}
 	want := make([]uint64, 0, len(dirs))
+	// undo detaches what this call attached and no record owns, so that a
+	// failure half-way leaves no attachment behind.
+	undo := func() {
+		for _, cg := range want {
+			if !slices.Contains(p.Cgroups, cg) {
+				dp.DetachID(cg)
+			}
+		}
+	}
 	for _, dir := range dirs {
 		cg, err := cgroup.ID(dir)
 		if errors.Is(err, fs.ErrNotExist) {
@@ -193,15 +202,21 @@ func SetCgroups(dp *bpf.Datapath, id string, dirs []string) error {
 			continue
 		}
 		if err != nil {
+			undo()
+			return fmt.Errorf("pod %s: %w", p, err)
+		}
+		// Attached again even when recorded: it is cheap, and it repairs a
+		// link that a crash or a manual detach removed.
+		err = dp.Attach(filepath.Clean(dir))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // removed between the two calls
+		}
+		if err != nil {
+			undo()
 			return fmt.Errorf("pod %s: %w", p, err)
 		}
 		if !slices.Contains(want, cg) {
 			want = append(want, cg)
-		}
-		// Attached again even when recorded: it is cheap, and it repairs a
-		// link that a crash or a manual detach removed.
-		if err := dp.Attach(filepath.Clean(dir)); err != nil {
-			return fmt.Errorf("pod %s: %w", p, err)
 		}
 	}
 	var errs []error
@@ -220,6 +235,8 @@ func SetCgroups(dp *bpf.Datapath, id string, dirs []string) error {
 			for _, cg := range want {
 				dp.DetachID(cg)
 			}
+		} else {
+			undo()
 		}
 		return err
 	}

@@ -497,7 +497,9 @@ func (w *Watcher) syncPod(ctx context.Context, s cri.Sandbox, containers []cri.C
 		}
 		st = &podState{id: s.ID}
 		if info.Pid > 0 {
-			if st.netIno, err = netnsIno(info.Pid); err != nil {
+			if st.netIno, err = netnsIno(info.Pid); errors.Is(err, fs.ErrNotExist) {
+				return nil // its pause process is gone: the sandbox is stopping
+			} else if err != nil {
 				return fmt.Errorf("sandbox %s: %w", s.ID, err)
 			}
 			if self, err := netnsIno(os.Getpid()); err == nil && self == st.netIno {
@@ -513,7 +515,9 @@ func (w *Watcher) syncPod(ctx context.Context, s cri.Sandbox, containers []cri.C
 				// The sandbox's own cgroup sits in the pod cgroup; taking
 				// its parent works for the cgroupfs and systemd drivers.
 				dir, err := cgroup.OfPid(w.cfg.Cgroup2, info.Pid)
-				if err != nil {
+				if errors.Is(err, fs.ErrNotExist) {
+					return nil
+				} else if err != nil {
 					return fmt.Errorf("sandbox %s: %w", s.ID, err)
 				}
 				st.podCgroup = filepath.Dir(dir)
