@@ -73,6 +73,7 @@ type Watcher struct {
 	m     *Metrics
 	dirty chan struct{}
 	ready chan struct{}
+	born  time.Time // when New made the watcher
 
 	// write serialises changes to the data plane between the reconcile
 	// and early attaches; taken before mu, never while holding it.
@@ -281,6 +282,12 @@ func (w *Watcher) handle(ctx context.Context, ev runtime.Event) {
 	w.log.Debug("event", "kind", ev.Kind, "id", ev.ID, "sandbox", ev.SandboxID, "pid", ev.Pid, "at", ev.Time, "source", ev.Source)
 	switch ev.Kind {
 	case runtime.ContainerStarted:
+		if ev.Time.Before(w.born) {
+			// A replayed event (containerd 2.x queues them for the next
+			// subscriber): the container ran before the watcher did, so
+			// its gap says nothing about the watcher.
+			break
+		}
 		w.mu.Lock()
 		if c := w.ctrs[ev.ID]; c != nil && c.startedAt.IsZero() {
 			c.startedAt = ev.Time
