@@ -466,6 +466,9 @@ func (w *Watcher) reconcile(ctx context.Context) error {
 		}
 		w.log.Info("pod removed", "sandbox", id, "pod", r.String())
 	}
+	if err := w.sweepOrphans(); err != nil {
+		errs = append(errs, err)
+	}
 	w.mu.Lock()
 	for id := range w.pods {
 		if _, ok := want[id]; !ok {
@@ -633,6 +636,37 @@ func (w *Watcher) syncPod(ctx context.Context, s cri.Sandbox, containers []cri.C
 				cs.coveredAt = st.readyAt
 			}
 			w.observeGap(cs)
+		}
+	}
+	return nil
+}
+
+// sweepOrphans removes the pins of attachments whose cgroup is gone and
+// that no pod record owns. The CNI plugin's DEL runs in another process:
+// it can read a record just before the watcher adds a cgroup to it, and
+// delete it after, which leaves that attachment to nobody.
+func (w *Watcher) sweepOrphans() error {
+	w.write.Lock()
+	defer w.write.Unlock()
+	atts, err := w.cfg.Datapath.Attachments()
+	if err != nil {
+		return err
+	}
+	all, err := w.cfg.Datapath.Pods()
+	if err != nil {
+		return err
+	}
+	owned := map[uint64]bool{}
+	for _, p := range all {
+		for _, cg := range p.Cgroups {
+			owned[cg] = true
+		}
+	}
+	for _, a := range atts {
+		if a.Gone && !owned[a.CgroupID] {
+			if err := w.cfg.Datapath.DetachID(a.CgroupID); err != nil {
+				return err
+			}
 		}
 	}
 	return nil

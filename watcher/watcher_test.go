@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/patu-dev/patu/bpf"
+	"github.com/patu-dev/patu/cgroup"
 	"github.com/patu-dev/patu/internal/testnet"
 	"github.com/patu-dev/patu/runtime"
 	"github.com/patu-dev/patu/runtime/cri"
@@ -459,5 +460,33 @@ func TestHostNetworkPodIsNotRegistered(t *testing.T) {
 	}
 	if recs, eps, _ := fx.state(t); len(recs) != 0 || len(eps) != 0 {
 		t.Errorf("host-network pod registered: %v %v", recs, eps)
+	}
+}
+
+// TestReconcileSweepsOrphanedAttachments: an attachment of a removed
+// cgroup that no record owns (a DEL racing an attach) is removed.
+func TestReconcileSweepsOrphanedAttachments(t *testing.T) {
+	fx := newFixture(t, "wtor", "10.206.6.0/24", "fd00:206:6::/64")
+	mnt, err := cgroup.Mount2()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := mnt + "/patu-test-watcher-orphan"
+	os.Remove(dir)
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(dir) })
+	if err := fx.dp.Attach(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := fx.w.Reconcile(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, atts := fx.state(t); len(atts) != 0 {
+		t.Errorf("orphaned attachment left: %v", atts)
 	}
 }
