@@ -4,14 +4,18 @@ export PATH := $(PATH):/usr/local/go/bin
 GO ?= go
 BIN := bin
 
-.PHONY: help deps build generate check-generated test test-unit bench demo clean
+.PHONY: help deps test-deps build generate check-generated test test-unit bench demo clean
 
 help: ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 20
 
-deps: ## install missing build/test packages (Debian) and the e2e runtimes (containerd 1.6 and 2.x, crictl)
+deps: ## install missing build packages (Debian) and the demo's runtime (containerd 1.6 and 2.x, crictl)
 	@hack/deps.sh
 	@hack/e2e-deps.sh
+
+test-deps: deps ## also the other e2e runtimes: podman, CRI-O (built from source: 10-15 min the first time)
+	@hack/podman-deps.sh
+	@hack/crio-deps.sh
 
 build: ## build the binaries into bin/ (static: they run on any node)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags=-s -o $(BIN)/patu ./cmd/patu
@@ -24,9 +28,9 @@ generate: ## regenerate the eBPF objects and Go bindings from bpf/*.c
 check-generated: generate ## fail when committed generated files differ from their sources
 	@git diff --exit-code --stat -- bpf/ || { echo "generated files are stale: run make generate and commit" >&2; exit 1; }
 
-test: deps check-generated ## all tiers: unit, privileged (netns/cgroup/BPF), e2e; needs root
+test: test-deps check-generated ## all tiers: unit, privileged (netns/cgroup/BPF), e2e; needs root
 	$(GO) vet ./...
-	$(GO) test -count=1 -timeout 25m ./...
+	PATU_REQUIRE_CRIO=1 $(GO) test -count=1 -timeout 25m ./...
 
 test-unit: ## unprivileged tests only
 	PATU_SKIP_PRIVILEGED=1 $(GO) test -count=1 ./...

@@ -13,6 +13,17 @@
 //	                 10-patu.conflist                           10-patu.conflist
 //	unit             /etc/systemd/system/patu.service           same
 //
+// The podman profile has no CNI plugin and no daemon: OCI hooks register
+// each container (`patu hook`, package hook), and its unit only runs
+// `patu load` at boot.
+//
+//	                 podman
+//	patu             /usr/local/bin/patu
+//	hooks            /usr/share/containers/oci/hooks.d/patu-createruntime.json
+//	                 /usr/share/containers/oci/hooks.d/patu-poststop.json
+//	                 (Options.HooksDir: e.g. /etc/containers/oci/hooks.d)
+//	unit             /etc/systemd/system/patu.service (oneshot patu load)
+//
 // /var/lib/rancher/k3s/data/cni is the CNI bin directory that K3s keeps
 // stable across upgrades (k3s-io/k3s#10868, in releases from late 2024 on);
 // older K3s use /var/lib/rancher/k3s/data/current/bin, which each upgrade

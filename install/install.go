@@ -21,6 +21,9 @@ import (
 const (
 	ProfileK3s        = "k3s"
 	ProfileContainerd = "containerd"
+	// ProfilePodman places OCI hooks instead of a CNI plugin, and a unit
+	// that loads Patu at boot instead of the daemon.
+	ProfilePodman = "podman"
 )
 
 // Actions of a Change.
@@ -42,6 +45,15 @@ const (
 	UnitName     = "patu.service"
 )
 
+// HookNames are the hooks.d files of the podman profile: one per stage,
+// since a hooks.d file passes the same arguments to every stage it lists.
+var HookNames = []string{"patu-createruntime.json", "patu-poststop.json"}
+
+// DefaultHooksDir is where the podman profile puts its hooks: the
+// directory of hooks shipped by packages, which podman and CRI-O read by
+// default. Files of the same name in /etc/containers/oci/hooks.d win.
+const DefaultHooksDir = "/usr/share/containers/oci/hooks.d"
+
 // ManifestPath is where Install records what it wrote (under Options.Root).
 const ManifestPath = "/var/lib/patu/install.json"
 
@@ -54,6 +66,7 @@ type Options struct {
 	CNIBinDir  string // where patu-cni goes, named "patu"
 	CNIConfDir string // where 10-patu.conflist goes
 	SystemdDir string // where patu.service goes (default /etc/systemd/system)
+	HooksDir   string // where the podman profile's hooks go (default DefaultHooksDir)
 	// PodCIDR is the IPv4 subnet host-local hands out on this node. On K3s
 	// it must be the node's podCIDR (kubectl get node NAME -o
 	// jsonpath='{.spec.podCIDR}'). When empty, the subnet of an installed
@@ -78,6 +91,8 @@ func (c Change) String() string { return c.Action + " " + c.Path }
 
 type profile struct {
 	cniBinDir, cniConfDir, podCIDR string
+	// hooks: OCI hooks in hooks.d, no CNI plugin or conflist.
+	hooks bool
 }
 
 var profiles = map[string]profile{
@@ -93,6 +108,7 @@ var profiles = map[string]profile{
 		cniConfDir: "/etc/cni/net.d",
 		podCIDR:    "10.86.0.0/24",
 	},
+	ProfilePodman: {hooks: true},
 }
 
 // Defaults returns the options of a profile with every directory filled in.
@@ -107,21 +123,36 @@ func DefaultPodCIDR(profileName string) string { return profiles[profileName].po
 func (o Options) withDefaults() (Options, error) {
 	p, ok := profiles[o.Profile]
 	if !ok {
-		return o, fmt.Errorf("unknown profile %q: want %s or %s", o.Profile, ProfileK3s, ProfileContainerd)
+		return o, fmt.Errorf("unknown profile %q: want %s, %s or %s", o.Profile, ProfileK3s, ProfileContainerd, ProfilePodman)
 	}
 	if o.BinDir == "" {
 		o.BinDir = "/usr/local/bin"
 	}
-	if o.CNIBinDir == "" {
-		o.CNIBinDir = p.cniBinDir
-	}
-	if o.CNIConfDir == "" {
-		o.CNIConfDir = p.cniConfDir
-	}
 	if o.SystemdDir == "" {
 		o.SystemdDir = "/etc/systemd/system"
 	}
-	for name, dir := range map[string]string{"bin dir": o.BinDir, "CNI bin dir": o.CNIBinDir, "CNI conf dir": o.CNIConfDir, "systemd dir": o.SystemdDir} {
+	dirs := map[string]string{"bin dir": o.BinDir, "systemd dir": o.SystemdDir}
+	if p.hooks {
+		if o.CNIBinDir != "" || o.CNIConfDir != "" || o.PodCIDR != "" {
+			return o, fmt.Errorf("profile %s installs OCI hooks, no CNI plugin: CNI directories and a pod CIDR do not apply", o.Profile)
+		}
+		if o.HooksDir == "" {
+			o.HooksDir = DefaultHooksDir
+		}
+		dirs["hooks dir"] = o.HooksDir
+	} else {
+		if o.HooksDir != "" {
+			return o, fmt.Errorf("profile %s installs a CNI plugin, no OCI hooks: a hooks dir does not apply", o.Profile)
+		}
+		if o.CNIBinDir == "" {
+			o.CNIBinDir = p.cniBinDir
+		}
+		if o.CNIConfDir == "" {
+			o.CNIConfDir = p.cniConfDir
+		}
+		dirs["CNI bin dir"], dirs["CNI conf dir"] = o.CNIBinDir, o.CNIConfDir
+	}
+	for name, dir := range dirs {
 		if !filepath.IsAbs(dir) {
 			return o, fmt.Errorf("%s %q: want an absolute path (Root is the prefix)", name, dir)
 		}
@@ -153,6 +184,41 @@ func plan(o Options) ([]item, error) {
 	if err != nil {
 		return nil, err
 	}
+	unit, err := deploy.Files.ReadFile(o.Profile + "/" + UnitName)
+	if err != nil {
+		return nil, fmt.Errorf("embedded unit: %w", err)
+	}
+	patu := filepath.Join(o.BinDir, PatuName)
+	if unit, err = renderUnit(unit, patu); err != nil {
+		return nil, err
+	}
+	bin := func(name, dest string) item {
+		it := item{dest: dest, mode: 0o755, src: srcs[name]}
+		if st, err := os.Stat(it.src); err != nil {
+			it.srcErr = fmt.Errorf("%s binary: %w", name, err)
+			if name == "patu-cni" && o.Binaries["patu-cni"] == "" {
+				it.srcErr = fmt.Errorf("%w: it is looked for next to the patu executable; build it there or give its path", it.srcErr)
+			}
+		} else if !st.Mode().IsRegular() {
+			it.srcErr = fmt.Errorf("%s binary %s: not a regular file", name, it.src)
+		}
+		return it
+	}
+	items := []item{bin("patu", patu)}
+	if profiles[o.Profile].hooks {
+		for _, name := range HookNames {
+			b, err := deploy.Files.ReadFile(o.Profile + "/" + name)
+			if err != nil {
+				return nil, fmt.Errorf("embedded hook: %w", err)
+			}
+			if b, err = renderHook(b, patu); err != nil {
+				return nil, err
+			}
+			items = append(items, item{dest: filepath.Join(o.HooksDir, name), mode: 0o644, data: b})
+		}
+		return append(items, item{dest: filepath.Join(o.SystemdDir, UnitName), mode: 0o644, data: unit}), nil
+	}
+
 	conflist, err := deploy.Files.ReadFile(o.Profile + "/" + ConflistName)
 	if err != nil {
 		return nil, fmt.Errorf("embedded conflist: %w", err)
@@ -169,31 +235,11 @@ func plan(o Options) ([]item, error) {
 	if conflist, err = renderConflist(conflist, profiles[o.Profile].podCIDR, cidr); err != nil {
 		return nil, err
 	}
-	unit, err := deploy.Files.ReadFile(o.Profile + "/" + UnitName)
-	if err != nil {
-		return nil, fmt.Errorf("embedded unit: %w", err)
-	}
-	if unit, err = renderUnit(unit, filepath.Join(o.BinDir, PatuName)); err != nil {
-		return nil, err
-	}
-	bin := func(name, dest string) item {
-		it := item{dest: dest, mode: 0o755, src: srcs[name]}
-		if st, err := os.Stat(it.src); err != nil {
-			it.srcErr = fmt.Errorf("%s binary: %w", name, err)
-			if name == "patu-cni" && o.Binaries["patu-cni"] == "" {
-				it.srcErr = fmt.Errorf("%w: it is looked for next to the patu executable; build it there or give its path", it.srcErr)
-			}
-		} else if !st.Mode().IsRegular() {
-			it.srcErr = fmt.Errorf("%s binary %s: not a regular file", name, it.src)
-		}
-		return it
-	}
-	return []item{
-		bin("patu", filepath.Join(o.BinDir, PatuName)),
+	return append(items,
 		bin("patu-cni", filepath.Join(o.CNIBinDir, CNIName)),
-		{dest: filepath.Join(o.CNIConfDir, ConflistName), mode: 0o644, data: conflist},
-		{dest: filepath.Join(o.SystemdDir, UnitName), mode: 0o644, data: unit},
-	}, nil
+		item{dest: filepath.Join(o.CNIConfDir, ConflistName), mode: 0o644, data: conflist},
+		item{dest: filepath.Join(o.SystemdDir, UnitName), mode: 0o644, data: unit},
+	), nil
 }
 
 // sources resolves the source binaries: given ones as they are, patu as the
@@ -246,6 +292,15 @@ func parsePodCIDR(cidr string) (netip.Prefix, error) {
 	return p, nil
 }
 
+// renderHook points a hooks.d file at patu in the chosen bin dir.
+func renderHook(b []byte, patu string) ([]byte, error) {
+	path, err := json.Marshal(patu)
+	if err != nil {
+		return nil, err
+	}
+	return replaceOnce(b, `"path": "/usr/local/bin/patu"`, `"path": `+string(path))
+}
+
 // renderUnit points ExecStart at patu in the chosen bin dir.
 func renderUnit(b []byte, patu string) ([]byte, error) {
 	return replaceOnce(b, "ExecStart=/usr/local/bin/patu ", "ExecStart="+patu+" ")
@@ -289,8 +344,9 @@ func replaceOnce(b []byte, old, new string) ([]byte, error) {
 	return bytes.Replace(b, []byte(old), []byte(new), 1), nil
 }
 
-// Install places patu, patu-cni, the conflist and the systemd unit. It
-// changes only what differs and reports one Change per file.
+// Install places the profile's files: patu, patu-cni, the conflist and the
+// systemd unit; or, for ProfilePodman, patu, the hooks.d files and the
+// unit. It changes only what differs and reports one Change per file.
 func Install(opts Options) ([]Change, error) {
 	o, err := opts.withDefaults()
 	if err != nil {

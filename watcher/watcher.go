@@ -50,6 +50,9 @@ type Config struct {
 	// Resync is the period of the full reconcile that runs even without
 	// events (default 5 minutes).
 	Resync time.Duration
+	// Poll is the period of reconciles when the runtime serves none of
+	// the Sources (default 5s): they stand in for events.
+	Poll time.Duration
 	// MinInterval is the least time between two reconciles, however many
 	// events arrive (default 50ms).
 	MinInterval time.Duration
@@ -114,6 +117,9 @@ func New(cfg Config) (*Watcher, error) {
 	}
 	if cfg.MinInterval == 0 {
 		cfg.MinInterval = 50 * time.Millisecond
+	}
+	if cfg.Poll == 0 {
+		cfg.Poll = 5 * time.Second
 	}
 	if cfg.Grace == 0 {
 		cfg.Grace = 2 * time.Minute
@@ -229,7 +235,9 @@ func (w *Watcher) trigger() {
 
 // watchEvents follows the first source the runtime serves, reconnecting
 // with backoff when its stream ends. A reconnect triggers a reconcile,
-// since events may have been lost meanwhile.
+// since events may have been lost meanwhile. When no source is served (a
+// CRI-O with pod events off), it reconciles every Poll instead and asks
+// the sources again each time: a runtime restarted with events gets them.
 func (w *Watcher) watchEvents(ctx context.Context) {
 	if len(w.cfg.Sources) == 0 {
 		w.log.Info("no event source: reconciling periodically only", "resync", w.cfg.Resync)
@@ -237,14 +245,21 @@ func (w *Watcher) watchEvents(ctx context.Context) {
 	}
 	retry := &runtime.Backoff{Min: 200 * time.Millisecond}
 	i := 0
+	polling := false
 	for ctx.Err() == nil {
 		src := w.cfg.Sources[i]
-		w.log.Info("watching runtime events", "source", src.Name())
+		if !polling {
+			w.log.Info("watching runtime events", "source", src.Name())
+		}
 		connected := false
 		err := src.Watch(ctx, func(ev runtime.Event) {
 			if !connected {
 				connected = true
 				w.trigger()
+				if polling {
+					polling = false
+					w.log.Info("runtime events are served again: polling stops", "source", src.Name())
+				}
 			}
 			w.m.event(src.Name())
 			w.handle(ctx, ev)
@@ -253,13 +268,25 @@ func (w *Watcher) watchEvents(ctx context.Context) {
 			return
 		}
 		if errors.Is(err, runtime.ErrUnsupported) && i+1 < len(w.cfg.Sources) {
-			w.log.Info("event source not served, trying the next", "source", src.Name(), "error", err)
+			if !polling {
+				w.log.Info("event source not served, trying the next", "source", src.Name(), "error", err)
+			}
 			i++
 			continue
 		}
 		d := retry.Next()
-		w.m.reconnect()
-		w.log.Warn("event stream ended, reconnecting", "source", src.Name(), "error", err, "retry_in", d)
+		if errors.Is(err, runtime.ErrUnsupported) {
+			d = w.cfg.Poll
+			if !polling {
+				polling = true
+				w.log.Warn("the runtime serves no event source: reconciling periodically instead, "+
+					"so pods are registered up to one period late", "period", d, "error", err)
+			}
+		} else {
+			polling = false
+			w.m.reconnect()
+			w.log.Warn("event stream ended, reconnecting", "source", src.Name(), "error", err, "retry_in", d)
+		}
 		w.trigger()
 		select {
 		case <-ctx.Done():

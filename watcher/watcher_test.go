@@ -410,6 +410,41 @@ func TestRunFallsBackAndReconnects(t *testing.T) {
 	}
 }
 
+// TestRunPollsWhenNoSourceIsServed: with every source unsupported (CRI-O
+// with pod events off answers containerd's API Unimplemented and ends the
+// CRI stream at once), the watcher reconciles every Poll and asks the
+// sources again each time, without counting reconnects.
+func TestRunPollsWhenNoSourceIsServed(t *testing.T) {
+	fx := newFixture(t, "wtpl", "10.206.7.0/24", "fd00:206:7::/64")
+	ctrd := &fakeSource{name: "containerd", err: runtime.ErrUnsupported}
+	cri := &fakeSource{name: "cri", err: runtime.ErrUnsupported}
+	fx.w.cfg.Sources = []Source{ctrd, cri}
+	fx.w.cfg.Poll = 200 * time.Millisecond
+
+	ctx, cancel := context.WithTimeout(context.Background(), 1100*time.Millisecond)
+	defer cancel()
+	if err := fx.w.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// 1.1s / 200ms: about 6 rounds, each asking both sources once.
+	if c1, c2 := ctrd.Calls(), cri.Calls(); c1 < 4 || c1 > 7 || c2 != c1 {
+		t.Errorf("sources asked %d and %d times in 1.1s with a 200ms poll", c1, c2)
+	}
+	fx.rt.mu.Lock()
+	calls := fx.rt.calls
+	fx.rt.mu.Unlock()
+	if calls < 4 || calls > 8 {
+		t.Errorf("runtime listed %d times in 1.1s with a 200ms poll", calls)
+	}
+	var out strings.Builder
+	if err := fx.w.m.Write(&out, fx.dp); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "patu_watcher_stream_reconnects_total 0") {
+		t.Errorf("polling counted as reconnects:\n%s", out.String())
+	}
+}
+
 func openDir(t *testing.T, dir string) int {
 	t.Helper()
 	f, err := os.Open(dir)

@@ -9,11 +9,14 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/patu-dev/patu/bpf"
+	"github.com/patu-dev/patu/hook"
 )
 
 const usage = `usage: patu [--bpffs DIR] COMMAND [ARGS]
@@ -26,8 +29,9 @@ commands:
   endpoint add IP [--name NS/POD] [--no-redirect]
   endpoint del IP
   endpoint list [-o json]
-  status [-o json]                         pods, attachments, endpoints, counters
+  status [-o json] [--state-dir DIR]       pods, attachments, endpoints, counters, hook failures
   daemon [flags]                           load, then follow the container runtime (daemon -h)
+  hook [--state-dir DIR] STAGE             OCI hook for podman/CRI-O, state JSON on stdin (hook -h)
 ` + installUsageLines + `
 global flags:
   --bpffs DIR   pin directory (default /sys/fs/bpf/patu)
@@ -64,13 +68,15 @@ func runTo(ctx context.Context, out io.Writer, args []string) error {
 		return nil
 	}
 	switch cmd {
-	case "load", "unload", "attach", "detach", "endpoint", "status", "daemon", "install", "uninstall":
+	case "load", "unload", "attach", "detach", "endpoint", "status", "daemon", "hook", "install", "uninstall":
 	default:
 		return usagef("unknown command %q", cmd)
 	}
 	// install and uninstall only write files: with --root they are a
-	// packaging step that needs no privileges.
-	if os.Geteuid() != 0 && cmd != "install" && cmd != "uninstall" {
+	// packaging step that needs no privileges. hook must not fail a
+	// rootless container whose runtime runs the system's hooks.d: it
+	// reports the missing privileges as a failure inside Patu and exits 0.
+	if os.Geteuid() != 0 && cmd != "install" && cmd != "uninstall" && cmd != "hook" {
 		return fmt.Errorf("%s needs root (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON): run with sudo", cmd)
 	}
 	switch cmd {
@@ -86,6 +92,8 @@ func runTo(ctx context.Context, out io.Writer, args []string) error {
 		return cmdStatus(out, *pinDir, args)
 	case "daemon":
 		return cmdDaemon(ctx, out, *pinDir, args)
+	case "hook":
+		return cmdHook(os.Stdin, out, os.Stderr, *pinDir, args)
 	case "install":
 		return cmdInstall(out, args)
 	case "uninstall":
@@ -221,6 +229,8 @@ type Status struct {
 	Endpoints   []bpf.Endpoint   `json:"endpoints"`
 	Pods        []PodStatus      `json:"pods"`
 	Counters    bpf.Counters     `json:"counters"`
+	// HookFailures are the failures `patu hook` counted, when any.
+	HookFailures *hook.Failures `json:"hook_failures,omitempty"`
 }
 
 // PodStatus is a pod record with its live short-circuited sockets.
@@ -233,15 +243,25 @@ func cmdStatus(out io.Writer, pinDir string, args []string) error {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	format := fs.String("o", "table", "table or json")
+	stateDir := fs.String("state-dir", hook.DefaultStateDir, "where patu hook counts failures")
 	if err := fs.Parse(args); err != nil {
 		return usagef("status: %v", err)
 	}
+	st := Status{PinDir: pinDir}
+	// Read first: hook failures matter most when Patu is not loaded.
+	if hf, err := hook.ReadFailures(*stateDir); err != nil {
+		return err
+	} else if hf.Count > 0 {
+		st.HookFailures = &hf
+	}
 	d, err := bpf.Open(pinDir)
 	if err != nil {
+		if st.HookFailures != nil {
+			return fmt.Errorf("%w\n%s", err, hookFailureLine(*stateDir, *st.HookFailures))
+		}
 		return err
 	}
 	defer d.Close()
-	st := Status{PinDir: pinDir}
 	if st.LiveSockets, err = d.LiveSockets(); err != nil {
 		return err
 	}
@@ -292,7 +312,28 @@ func cmdStatus(out io.Writer, pinDir string, args []string) error {
 		fmt.Fprintf(tw, "  tcp: %s\t%d msgs\t%d bytes\n", strings.ReplaceAll(r, "_", " "), t.Msgs, t.Bytes)
 	}
 	fmt.Fprintf(tw, "  promotions to redirect\t%d\n  backpressure trips\t%d\n", c.Promotions, c.BackpressureTrips)
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if st.HookFailures != nil {
+		fmt.Fprintf(out, "\n%s\n", hookFailureLine(*stateDir, *st.HookFailures))
+	}
+	return nil
+}
+
+// hookFailureLine says how often patu hook failed, and the last reason.
+func hookFailureLine(stateDir string, hf hook.Failures) string {
+	s := fmt.Sprintf("OCI hook failures: %d (containers started without redirect; %s)", hf.Count,
+		filepath.Join(stateDir, hook.FailuresFile))
+	if n := len(hf.Recent); n > 0 {
+		f := hf.Recent[n-1]
+		id := f.Container
+		if len(id) > 12 {
+			id = id[:12]
+		}
+		s += fmt.Sprintf("\n  last: %s %s %s: %s", f.Time.Format(time.RFC3339), f.Stage, id, f.Error)
+	}
+	return s
 }
 
 func podStatus(d *bpf.Datapath) ([]PodStatus, error) {

@@ -34,7 +34,7 @@ func TestHelp(t *testing.T) {
 	if err := runTo(context.Background(), &out, []string{"help"}); err != nil {
 		t.Fatal(err)
 	}
-	for _, cmd := range []string{"load", "unload", "attach", "detach", "endpoint add", "status"} {
+	for _, cmd := range []string{"load", "unload", "attach", "detach", "endpoint add", "status", "hook"} {
 		if !strings.Contains(out.String(), cmd) {
 			t.Errorf("help does not mention %q", cmd)
 		}

@@ -36,6 +36,8 @@ flags:
                             event source; auto tries containerd's stream (it reports a new
                             container's pid before the app runs), then CRI GetContainerEvents
   --resync DUR              full reconcile period without events (default 5m)
+  --poll DUR                reconcile period when the runtime sends no events at all,
+                            e.g. CRI-O with enable_pod_events = false (default 5s)
   --metrics-addr ADDR       serve Prometheus metrics on ADDR (e.g. 127.0.0.1:9465)
   --ready-file FILE         write FILE after the first successful reconcile
   --log-level LEVEL         debug, info, warn or error (default info)
@@ -48,6 +50,7 @@ func cmdDaemon(ctx context.Context, out io.Writer, pinDir string, args []string)
 	namespace := fs.String("namespace", "k8s.io", "")
 	events := fs.String("events", "auto", "")
 	resync := fs.Duration("resync", 5*time.Minute, "")
+	poll := fs.Duration("poll", 5*time.Second, "")
 	metricsAddr := fs.String("metrics-addr", "", "")
 	readyFile := fs.String("ready-file", "", "")
 	level := fs.String("log-level", "info", "")
@@ -107,6 +110,7 @@ func cmdDaemon(ctx context.Context, out io.Writer, pinDir string, args []string)
 		Runtime:  client,
 		Sources:  sources,
 		Resync:   *resync,
+		Poll:     *poll,
 		Log:      log,
 		// A burst of pods leaves the heap grown; Go would keep it for
 		// minutes. Give it back once things are quiet.

@@ -14,24 +14,27 @@ import (
 )
 
 // installUsageLines go into the commands list of usage.
-const installUsageLines = `  install --profile PROFILE [flags]        place patu, patu-cni, the conflist and the unit (k3s|containerd; install -h)
+const installUsageLines = `  install --profile PROFILE [flags]        place patu and the profile's files (k3s|containerd|podman; install -h)
   uninstall --profile PROFILE [flags]      remove what install placed; files it did not write stay
 `
 
-const installUsage = `usage: patu install --profile k3s|containerd [flags]
-       patu uninstall --profile k3s|containerd [flags]
+const installUsage = `usage: patu install --profile k3s|containerd|podman [flags]
+       patu uninstall --profile k3s|containerd|podman [flags]
 
 install copies patu and patu-cni (as the CNI plugin "patu"), writes the
-conflist (bridge + host-local + portmap + patu) and patu.service. Only files
+conflist (bridge + host-local + portmap + patu) and patu.service (patu
+daemon). The podman profile copies patu and writes the hooks.d files that
+run patu hook, and a patu.service that runs patu load at boot. Only files
 that differ are written, each atomically; a second run changes nothing.
 uninstall removes those files unless someone else wrote or edited them.
 Neither runs systemctl nor unloads Patu.
 
 flags:
-  --profile k3s|containerd  where the files go:
+  --profile PROFILE         where the files go:
                               k3s:        CNI bin /var/lib/rancher/k3s/data/cni,
                                           conf /var/lib/rancher/k3s/agent/etc/cni/net.d
                               containerd: CNI bin /opt/cni/bin, conf /etc/cni/net.d
+                              podman:     hooks ` + install.DefaultHooksDir + `
   --pod-cidr CIDR           subnet host-local hands out; k3s: this node's podCIDR
                             (default: the installed conflist's, else k3s 10.42.0.0/24,
                             containerd 10.86.0.0/24)
@@ -40,6 +43,7 @@ flags:
   --cni-bin-dir DIR         for patu-cni, installed as "patu" (default: per profile)
   --cni-conf-dir DIR        for 10-patu.conflist (default: per profile)
   --systemd-dir DIR         for patu.service (default /etc/systemd/system)
+  --hooks-dir DIR           podman: for the hooks.d files (or /etc/containers/oci/hooks.d)
   --patu-cni FILE           patu-cni to install (default: patu-cni next to this patu)
   --dry-run                 print what would change, change nothing
 `
@@ -77,6 +81,12 @@ func cmdInstall(out io.Writer, args []string) error {
 			if c.Action == install.Updated {
 				fmt.Fprintln(out, "      (already running? systemctl restart patu)")
 			}
+		}
+	}
+	for _, c := range changes {
+		if opts.Profile == install.ProfilePodman && c.Action == install.Created && filepath.Ext(c.Path) == ".json" {
+			fmt.Fprintln(out, "note: podman reads hooks.d at every container start; containers running now get redirect once restarted")
+			break
 		}
 	}
 	return nil
@@ -119,6 +129,7 @@ func parseInstallFlags(out io.Writer, cmd string, args []string) (*install.Optio
 	fs.StringVar(&o.CNIBinDir, "cni-bin-dir", "", "")
 	fs.StringVar(&o.CNIConfDir, "cni-conf-dir", "", "")
 	fs.StringVar(&o.SystemdDir, "systemd-dir", "", "")
+	fs.StringVar(&o.HooksDir, "hooks-dir", "", "")
 	cni := fs.String("patu-cni", "", "")
 	fs.BoolVar(&o.DryRun, "dry-run", false, "")
 	if err := fs.Parse(args); err != nil {
@@ -132,7 +143,7 @@ func parseInstallFlags(out io.Writer, cmd string, args []string) (*install.Optio
 		return nil, usagef("%s takes no arguments, got %q", cmd, fs.Args())
 	}
 	if o.Profile == "" {
-		return nil, usagef("%s needs --profile k3s or --profile containerd", cmd)
+		return nil, usagef("%s needs --profile k3s, containerd or podman", cmd)
 	}
 	if _, err := install.Defaults(o.Profile); err != nil {
 		return nil, usagef("%s: %v", cmd, err)

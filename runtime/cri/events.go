@@ -2,6 +2,9 @@ package cri
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"io"
 
 	"github.com/patu-dev/patu/runtime"
 	"github.com/patu-dev/patu/runtime/internal/grpcunix"
@@ -12,7 +15,9 @@ import (
 // goroutine. It blocks until the stream ends and always returns an error:
 //   - ctx.Err() when ctx is done;
 //   - one wrapping runtime.ErrUnsupported when the runtime does not
-//     implement the call (containerd 1.6): use runtime/containerd;
+//     implement the call (containerd 1.6): use runtime/containerd; or when
+//     it ends the stream cleanly before sending any event, which is how
+//     CRI-O answers while its enable_pod_events is false;
 //   - any other error when the stream broke, typically because the runtime
 //     restarted: reconnect after a backoff and resync.
 //
@@ -30,11 +35,17 @@ func (c *Client) WatchEvents(ctx context.Context, fn func(runtime.Event)) error 
 		return streamErr(ctx, err)
 	}
 	defer stream.Close()
+	got := false
 	for {
 		msg, err := stream.Recv()
+		if errors.Is(err, io.EOF) && !got && ctx.Err() == nil {
+			return fmt.Errorf("cri container events: %w: the runtime ended the stream at once, without an event "+
+				"(CRI-O sends events only with enable_pod_events = true in crio.conf)", runtime.ErrUnsupported)
+		}
 		if err != nil {
 			return streamErr(ctx, err)
 		}
+		got = true
 		e, err := decodeContainerEvent(msg)
 		if err != nil {
 			// One bad message should not cut the trigger stream.

@@ -94,12 +94,15 @@ func TestWatchEventsEnd(t *testing.T) {
 	tests := []struct {
 		name        string
 		events      bool                                         // false: GetContainerEvents is Unimplemented
+		disabled    bool                                         // the runtime ends the stream at once, cleanly
 		end         func(cancel context.CancelFunc, stop func()) // after the subscription is up
 		timeout     time.Duration
 		unsupported bool
 		want        error // errors.Is target, nil = any error
 	}{
 		{name: "unimplemented, as on containerd 1.6", unsupported: true, want: runtime.ErrUnsupported},
+		// CRI-O with enable_pod_events = false (its default).
+		{name: "ended at once, as on CRI-O without pod events", events: true, disabled: true, unsupported: true, want: runtime.ErrUnsupported},
 		{name: "runtime stops", events: true, end: func(_ context.CancelFunc, stop func()) { stop() }},
 		{name: "caller cancels", events: true, end: func(cancel context.CancelFunc, _ func()) { cancel() }, want: context.Canceled},
 		// The deadline must come back as the caller's, not as the server's
@@ -112,6 +115,9 @@ func TestWatchEventsEnd(t *testing.T) {
 			if tt.events {
 				f.events = make(chan *runtimeapi.ContainerEventResponse)
 				f.subscribed = make(chan struct{})
+				if tt.disabled {
+					close(f.events)
+				}
 			}
 			sock, srv := serve(t, f)
 			c := dial(t, sock)

@@ -3,8 +3,8 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"os"
 	"net/netip"
+	"os"
 	"strconv"
 	"syscall"
 	"testing"
@@ -242,7 +242,6 @@ func suite(t *testing.T, cfg nodeConfig) {
 			t.Errorf("pod created after the runtime restart: redirected only %d bytes", c1.RedirectBytes-c0.RedirectBytes)
 		}
 	})
-
 
 	n.removePod(ctx, a)
 	n.removePod(ctx, b)
