@@ -141,6 +141,7 @@ func New(cfg Config) (*Watcher, error) {
 		cfg:     cfg,
 		log:     cfg.Log,
 		m:       cfg.Metrics,
+		born:    time.Now(),
 		dirty:   make(chan struct{}, 1),
 		ready:   make(chan struct{}),
 		pods:    map[string]*podState{},

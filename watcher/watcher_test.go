@@ -338,6 +338,27 @@ func TestContainerTaskAttachedOnEvent(t *testing.T) {
 	}
 }
 
+// TestReplayedStartIsNoGap: containerd 2.x hands the events queued while
+// nobody listened to the next subscriber. A start older than the watcher
+// says nothing about how fast the watcher attaches; a fresh one does.
+func TestReplayedStartIsNoGap(t *testing.T) {
+	fx := newFixture(t, "wtrp", "10.206.8.0/24", "fd00:206:8::/64")
+	covered := time.Now().Add(-time.Minute)
+	fx.w.mu.Lock()
+	fx.w.ctrs["ctr-old"] = &ctrState{sandbox: "sb", coveredAt: covered}
+	fx.w.ctrs["ctr-new"] = &ctrState{sandbox: "sb", coveredAt: covered}
+	fx.w.mu.Unlock()
+	ctx := context.Background()
+	fx.w.handle(ctx, runtime.Event{Kind: runtime.ContainerStarted, ID: "ctr-old", SandboxID: "sb", Time: fx.w.born.Add(-5 * time.Second)})
+	if gaps := fx.w.m.AttachGap(); gaps[ModeContainer].Count != 0 {
+		t.Fatalf("a replayed start counted as a gap: %+v", gaps)
+	}
+	fx.w.handle(ctx, runtime.Event{Kind: runtime.ContainerStarted, ID: "ctr-new", SandboxID: "sb", Time: time.Now()})
+	if gaps := fx.w.m.AttachGap(); gaps[ModeContainer].Count != 1 {
+		t.Fatalf("a fresh start was not counted: %+v", gaps)
+	}
+}
+
 // fakeSource delivers its events, then ends with err.
 type fakeSource struct {
 	name   string
