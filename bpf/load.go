@@ -51,6 +51,8 @@ type Datapath struct {
 	counters  *ebpf.Map
 	cgroups   *ebpf.Map
 	pods      *ebpf.Map
+	// xdp is nil when the pins predate the XDP path (see openXDP).
+	xdp *xdpState
 }
 
 // PinDir returns the bpffs directory of this datapath.
@@ -63,6 +65,7 @@ func (d *Datapath) Close() error {
 			m.Close()
 		}
 	}
+	d.xdp.close()
 	return nil
 }
 
@@ -137,6 +140,10 @@ func Load(opts Options) (*Datapath, error) {
 		return nil, err
 	}
 	if err := d.install(&objs.redirectPrograms); err != nil {
+		d.Close()
+		return nil, err
+	}
+	if err := d.loadXDP(); err != nil {
 		d.Close()
 		return nil, err
 	}
@@ -238,6 +245,10 @@ func Open(pinDir string) (*Datapath, error) {
 		d.Close()
 		return nil, err
 	}
+	if err := d.openXDP(); err != nil {
+		d.Close()
+		return nil, err
+	}
 	return d, nil
 }
 
@@ -274,6 +285,7 @@ func Unload(pinDir string) (UnloadResult, error) {
 			return res, fmt.Errorf("detach cgroup link %s: %w", e.Name(), err)
 		}
 	}
+	detachXDPLinks(pinDir)
 	if socks, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, "patu_socks"), nil); err == nil {
 		res.LiveSockets, _ = countKeys(socks)
 		if res.LiveSockets > 0 {

@@ -50,9 +50,12 @@ type Pod struct {
 	HostMAC     net.HardwareAddr `json:"host_mac,omitempty"`
 	PodMAC      net.HardwareAddr `json:"pod_mac,omitempty"`
 	// Cgroups are the cgroup ids Patu attached sockops to for this pod.
-	Cgroups    []uint64  `json:"cgroups,omitempty"`
-	NoRedirect bool      `json:"no_redirect,omitempty"`
-	Source     PodSource `json:"source"`
+	Cgroups    []uint64 `json:"cgroups,omitempty"`
+	NoRedirect bool     `json:"no_redirect,omitempty"`
+	// NoXDP keeps traffic from the uplink to the pod on the normal path
+	// (netfilter, policy) even where the XDP fast path is on.
+	NoXDP  bool      `json:"no_xdp,omitempty"`
+	Source PodSource `json:"source"`
 	// Confirmed is set once the runtime has listed the sandbox as ready;
 	// an unconfirmed record may belong to a sandbox still being created.
 	Confirmed bool      `json:"confirmed,omitempty"`
@@ -98,6 +101,7 @@ type podValue struct {
 const (
 	podNoRedirect = 1 << iota
 	podConfirmed
+	podNoXDP
 )
 
 func putString(dst []byte, field, s string) error {
@@ -154,6 +158,9 @@ func encodePod(p Pod) (podKey, podValue, error) {
 	if p.Confirmed {
 		v.Flags |= podConfirmed
 	}
+	if p.NoXDP {
+		v.Flags |= podNoXDP
+	}
 	if !p.Created.IsZero() {
 		v.Created = p.Created.UnixNano()
 	}
@@ -171,6 +178,7 @@ func decodePod(k podKey, v podValue) Pod {
 		Source:      PodSource(v.Source),
 		NoRedirect:  v.Flags&podNoRedirect != 0,
 		Confirmed:   v.Flags&podConfirmed != 0,
+		NoXDP:       v.Flags&podNoXDP != 0,
 	}
 	if v.Created != 0 {
 		p.Created = time.Unix(0, v.Created)

@@ -22,6 +22,7 @@ func TestPodRecordRoundTrip(t *testing.T) {
 		PodMAC:      net.HardwareAddr{2, 0, 0, 0, 0, 2},
 		Cgroups:     []uint64{1234, 5678},
 		NoRedirect:  true,
+		NoXDP:       true,
 		Source:      PodFromCNI | PodFromRuntime,
 		Confirmed:   true,
 		Created:     time.Unix(1700000000, 123),

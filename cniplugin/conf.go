@@ -5,12 +5,14 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/patu-dev/patu/bpf"
+	"github.com/patu-dev/patu/pods"
 )
 
 // AnnotationsCapability is the capability through which containerd and
@@ -34,11 +36,63 @@ type NetConf struct {
 	LegacyAttachments []types.GCAttachment `json:"cni.dev/attachments,omitempty"`
 }
 
+// PortMappingsCapability is the capability through which runtimes pass a
+// pod's hostPorts (the portmap plugin declares it too); the XDP path
+// translates them.
+const PortMappingsCapability = "portMappings"
+
 // RuntimeConfig is the runtimeConfig object of NetConf.
 type RuntimeConfig struct {
 	// PodAnnotations are the pod's annotations, sent with the
 	// AnnotationsCapability; pods.OptedOut reads the opt-out from them.
 	PodAnnotations map[string]string `json:"io.kubernetes.cri.pod-annotations,omitempty"`
+	// PortMappings are the pod's hostPorts, sent with the
+	// PortMappingsCapability.
+	PortMappings []PortMapping `json:"portMappings,omitempty"`
+}
+
+// PortMapping is one entry of the portMappings capability, as the portmap
+// plugin reads it.
+type PortMapping struct {
+	HostPort      int    `json:"hostPort"`
+	ContainerPort int    `json:"containerPort"`
+	Protocol      string `json:"protocol"`
+	HostIP        string `json:"hostIP,omitempty"`
+}
+
+// hostPorts converts the port mappings for package pods. Mappings it
+// cannot translate (SCTP, port 0, a host address that does not parse) are
+// returned as problems and left to portmap's normal path.
+func (rc RuntimeConfig) hostPorts() (out []pods.HostPort, problems []error) {
+	for _, m := range rc.PortMappings {
+		var proto uint8
+		switch strings.ToLower(m.Protocol) {
+		case "", "tcp":
+			proto = 6
+		case "udp":
+			proto = 17
+		default:
+			problems = append(problems, fmt.Errorf("hostPort %d/%s: only tcp and udp take the XDP path", m.HostPort, m.Protocol))
+			continue
+		}
+		if m.HostPort <= 0 || m.HostPort > 65535 || m.ContainerPort <= 0 || m.ContainerPort > 65535 {
+			problems = append(problems, fmt.Errorf("hostPort %d → %d: port out of range", m.HostPort, m.ContainerPort))
+			continue
+		}
+		// No host IP: every local address of both families; 0.0.0.0 and
+		// :: are every local address of theirs.
+		var ip netip.Addr
+		if m.HostIP != "" {
+			var err error
+			if ip, err = netip.ParseAddr(m.HostIP); err != nil {
+				problems = append(problems, fmt.Errorf("hostPort %d: host IP: %w", m.HostPort, err))
+				continue
+			}
+			ip = ip.Unmap()
+		}
+		out = append(out, pods.HostPort{HostIP: ip, Proto: proto, HostPort: uint16(m.HostPort), ContainerPort: uint16(m.ContainerPort)})
+	}
+	return out, problems
 }
 
 // pinDir returns the pin directory the configuration names.

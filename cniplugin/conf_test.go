@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -73,6 +74,33 @@ func TestOptOutFromRuntimeConfig(t *testing.T) {
 				t.Errorf("opted out = %v, want %v", got, tc.want)
 			}
 		})
+	}
+}
+
+func TestHostPortsFromRuntimeConfig(t *testing.T) {
+	// What containerd and CRI-O send for a pod with hostPorts: the
+	// portmap plugin's input, the same for every plugin declaring it.
+	conf, err := parseConf([]byte(`{"cniVersion":"1.0.0","name":"n","type":"patu","runtimeConfig":{"portMappings":[
+		{"hostPort":8080,"containerPort":80,"protocol":"tcp"},
+		{"hostPort":5353,"containerPort":53,"protocol":"UDP","hostIP":"192.0.2.10"},
+		{"hostPort":9000,"containerPort":9000,"protocol":"sctp"},
+		{"hostPort":0,"containerPort":81,"protocol":"tcp"},
+		{"hostPort":443,"containerPort":8443,"protocol":"tcp","hostIP":"::"},
+		{"hostPort":444,"containerPort":8444,"protocol":"tcp","hostIP":"nope"}]}}`), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, problems := conf.RuntimeConfig.hostPorts()
+	want := []pods.HostPort{
+		{Proto: 6, HostPort: 8080, ContainerPort: 80},
+		{HostIP: netip.MustParseAddr("192.0.2.10"), Proto: 17, HostPort: 5353, ContainerPort: 53},
+		{HostIP: netip.IPv6Unspecified(), Proto: 6, HostPort: 443, ContainerPort: 8443},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("hostPorts = %+v, want %+v", got, want)
+	}
+	if len(problems) != 3 {
+		t.Errorf("problems = %v, want sctp, port 0 and the bad host IP", problems)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/patu-dev/patu/netns"
+	"github.com/patu-dev/patu/veth"
 )
 
 // links is what the plugin learns about the pod's interface and the host
@@ -70,7 +71,7 @@ func lookupLinks(nsPath, ifName string, res *current.Result, wantAddrs bool) lin
 	}
 
 	if peerIndex > 0 {
-		host, err := hostPeer(nsPath, peerIndex, l.podIndex)
+		host, err := veth.HostPeer(nsPath, peerIndex, l.podIndex)
 		if err == nil {
 			l.hostIndex, l.hostMAC = uint32(host.Attrs().Index), host.Attrs().HardwareAddr
 			return l
@@ -87,35 +88,6 @@ func lookupLinks(nsPath, ifName string, res *current.Result, wantAddrs bool) lin
 	}
 	l.hostIndex, l.hostMAC = uint32(host.Attrs().Index), host.Attrs().HardwareAddr
 	return l
-}
-
-// hostPeer returns the link at index in the plugin's namespace if it is
-// the veth peer of the link podIndex in the namespace at nsPath.
-func hostPeer(nsPath string, index, podIndex int) (netlink.Link, error) {
-	host, err := netlink.LinkByIndex(index)
-	if err != nil {
-		return nil, err
-	}
-	a := host.Attrs()
-	if host.Type() != "veth" || a.ParentIndex != podIndex {
-		return nil, fmt.Errorf("ifindex %d is %s %q with peer ifindex %d, not the peer of ifindex %d",
-			index, host.Type(), a.Name, a.ParentIndex, podIndex)
-	}
-	// The same ifindex pair can exist between two other namespaces: the
-	// peer's namespace id, as this namespace numbers it, must be the pod's.
-	f, err := unix.Open(nsPath, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("open netns %s: %w", nsPath, err)
-	}
-	defer unix.Close(f)
-	id, err := netlink.GetNetNsIdByFd(f)
-	if err != nil {
-		return nil, fmt.Errorf("netns id of %s: %w", nsPath, err)
-	}
-	if id != a.NetNsID {
-		return nil, fmt.Errorf("%q has its peer in netns id %d, the pod is in netns id %d", a.Name, a.NetNsID, id)
-	}
-	return host, nil
 }
 
 // hostFromResult picks the host end of the pod's veth among prevResult's

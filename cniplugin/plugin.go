@@ -98,10 +98,11 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 		UID:        string(pa.K8S_POD_UID),
 		Netns:      args.Netns,
 		NoRedirect: pods.OptedOut(conf.RuntimeConfig.PodAnnotations),
+		NoXDP:      pods.XDPOptedOut(conf.RuntimeConfig.PodAnnotations),
 		Source:     bpf.PodFromCNI,
 		Created:    p.now(),
 	}
-	p.register(log, conf.pinDir(), args, res, pod)
+	p.register(log, conf.pinDir(), args, res, pod, conf.RuntimeConfig)
 
 	// What types.PrintResult does, on p.Stdout.
 	return out.PrintTo(p.Stdout)
@@ -109,7 +110,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 
 // register fills in pod from prevResult and the kernel and records it.
 // It reports failures to log only.
-func (p *Plugin) register(log *logger, pinDir string, args *skel.CmdArgs, res *current.Result, pod bpf.Pod) {
+func (p *Plugin) register(log *logger, pinDir string, args *skel.CmdArgs, res *current.Result, pod bpf.Pod, rc RuntimeConfig) {
 	dp, err := openDatapath(pinDir)
 	if errors.Is(err, bpf.ErrNotLoaded) {
 		log.Info("patu not loaded: pod not registered", "bpffs", pinDir, "error", err)
@@ -157,6 +158,18 @@ func (p *Plugin) register(log *logger, pinDir string, args *skel.CmdArgs, res *c
 	}
 	log.Info("registered", "pod", got.String(), "ips", got.IPs, "ifindex", got.HostIfindex,
 		"host_mac", got.HostMAC.String(), "pod_mac", got.PodMAC.String(), "no_redirect", got.NoRedirect)
+
+	hps, problems := rc.hostPorts()
+	for _, err := range problems {
+		log.Warn("hostPort left to the normal path", "error", err)
+	}
+	if len(hps) > 0 {
+		if err := pods.SetHostPorts(dp, got.ID, hps); err != nil {
+			log.Warn("record hostPorts", "error", err)
+			return
+		}
+		log.Info("hostPorts recorded", "count", len(hps))
+	}
 }
 
 // Del unregisters the pod. It is called twice per pod under containerd,

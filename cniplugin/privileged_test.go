@@ -104,7 +104,8 @@ func newCNIEnvironment(t *testing.T) *cniEnvironment {
 	}
 	e.cni = libcni.NewCNIConfigWithCacheDir([]string{e.binDir}, e.cacheDir, nil)
 
-	patu := fmt.Sprintf(`{"type":"patu","bpffs":%q,"logFile":%q,"capabilities":{%q:true}}`, testPinDir, e.logFile, AnnotationsCapability)
+	patu := fmt.Sprintf(`{"type":"patu","bpffs":%q,"logFile":%q,"capabilities":{%q:true,%q:true}}`,
+		testPinDir, e.logFile, AnnotationsCapability, PortMappingsCapability)
 	var err error
 	e.list, err = libcni.ConfListFromBytes(fmt.Appendf(nil, `{"cniVersion":"1.0.0","name":%q,"plugins":[
 		{"type":"bridge","bridge":%q,"isGateway":true,"ipMasq":false,
@@ -559,6 +560,76 @@ func TestChainedPlugin(t *testing.T) {
 	for _, want := range []string{"msg=registered", "msg=unregistered", "unregistered stale pod", "sandbox=stale "} {
 		if !strings.Contains(string(log), want) {
 			t.Errorf("log file lacks %q:\n%s", want, log)
+		}
+	}
+}
+
+// TestXDPPlumbing: ADD gives the XDP path what it needs, from the same
+// record as the socket path: a route per pod address into the pod's host
+// veth, and the pod's hostPorts (portMappings capability) for each of its
+// address families. DEL takes them away again.
+func TestXDPPlumbing(t *testing.T) {
+	e := newCNIEnvironment(t)
+	dp := loadPatu(t)
+	p0 := e.newPod("p0", "web-0", nil)
+	p0.rt.CapabilityArgs = map[string]any{PortMappingsCapability: []map[string]any{
+		{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
+		{"hostPort": 5353, "containerPort": 53, "protocol": "udp", "hostIP": "192.0.2.7"},
+	}}
+	p1 := e.newPod("p1", "no-xdp", map[string]string{pods.XDPAnnotation: "false"})
+	e.add(p0)
+	e.add(p1)
+
+	veth := link(t, e.node, p0.hostVeth)
+	podLink := link(t, p0.path, "eth0")
+	routes, err := dp.XDPRoutes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	byIP := map[netip.Addr]bpf.XDPRoute{}
+	for _, r := range routes {
+		byIP[r.IP] = r
+	}
+	for _, ip := range []netip.Addr{p0.ipv4, p0.ipv6} {
+		r, ok := byIP[ip]
+		if !ok || r.HostIfindex != uint32(veth.Attrs().Index) || r.Excluded ||
+			r.HostMAC.String() != veth.Attrs().HardwareAddr.String() || r.PodMAC.String() != podLink.Attrs().HardwareAddr.String() {
+			t.Errorf("route to %s: %+v (found %v); want ifindex %d, host MAC %s, pod MAC %s", ip, r, ok,
+				veth.Attrs().Index, veth.Attrs().HardwareAddr, podLink.Attrs().HardwareAddr)
+		}
+	}
+	if r := byIP[p1.ipv4]; !r.Excluded {
+		t.Errorf("route to the opted-out pod %s: %+v, want excluded", p1.ipv4, r)
+	}
+
+	hps, err := dp.HostPorts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []bpf.HostPort{
+		{Proto: 6, HostPort: 8080, PodIP: p0.ipv4, PodPort: 80},
+		{Proto: 6, HostPort: 8080, PodIP: p0.ipv6, PodPort: 80},
+		{HostIP: netip.MustParseAddr("192.0.2.7"), Proto: 17, HostPort: 5353, PodIP: p0.ipv4, PodPort: 53},
+	}
+	for _, w := range want {
+		if !slices.Contains(hps, w) {
+			t.Errorf("hostPorts %+v lack %+v", hps, w)
+		}
+	}
+	if len(hps) != len(want) {
+		t.Errorf("hostPorts %+v, want %d", hps, len(want))
+	}
+
+	if err := e.del(p0, true); err != nil {
+		t.Fatal(err)
+	}
+	if hps, _ := dp.HostPorts(); len(hps) != 0 {
+		t.Errorf("after DEL: hostPorts %+v", hps)
+	}
+	routes, _ = dp.XDPRoutes()
+	for _, r := range routes {
+		if r.IP == p0.ipv4 || r.IP == p0.ipv6 {
+			t.Errorf("after DEL: route %+v", r)
 		}
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/patu-dev/patu/cgroup"
 	"github.com/patu-dev/patu/netns"
 	"github.com/patu-dev/patu/pods"
+	"github.com/patu-dev/patu/veth"
 )
 
 // Annotations the hook reads besides pods.OptOutAnnotation. CRI-O sets the
@@ -115,6 +116,11 @@ func create(o Options) (Result, error) {
 		return Result{Action: Skipped, Reason: "no addresses in " + nsPath}, nil
 	}
 	p := Record(st, nsPath, ips, o.Now())
+	// The host veth, for the XDP path: netavark and CNI bridges make one;
+	// slirp4netns, macvlan and friends do not, and do without.
+	if pair, err := veth.Find(nsPath, ips[0]); err == nil {
+		p.HostIfindex, p.HostMAC, p.PodMAC = pair.HostIndex, pair.HostMAC, pair.PodMAC
+	}
 	var cgDir string
 	if !p.NoRedirect {
 		mnt, err := cgroup.Mount2()
@@ -196,6 +202,7 @@ func Record(st State, nsPath string, ips []netip.Addr, now time.Time) bpf.Pod {
 		Netns:      nsPath,
 		IPs:        ips,
 		NoRedirect: pods.OptedOut(a),
+		NoXDP:      pods.XDPOptedOut(a),
 		Source:     bpf.PodFromHook,
 		Created:    now,
 	}

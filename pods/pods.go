@@ -56,6 +56,7 @@ func Register(dp *bpf.Datapath, p bpf.Pod) (bpf.Pod, error) {
 		if err != nil {
 			return p, err
 		}
+		var released []netip.Addr
 		for _, ip := range dropped {
 			if held[ip] {
 				continue
@@ -63,12 +64,25 @@ func Register(dp *bpf.Datapath, p bpf.Pod) (bpf.Pod, error) {
 			if err := dp.DeleteEndpoint(ip); err != nil && !errors.Is(err, bpf.ErrEndpointNotFound) {
 				return p, fmt.Errorf("register pod %s: %w", p, err)
 			}
+			released = append(released, ip)
+		}
+		if err := releaseXDP(dp, released); err != nil {
+			return p, fmt.Errorf("register pod %s: %w", p, err)
 		}
 	}
 	for _, ip := range p.IPs {
 		err := dp.AddEndpoint(bpf.Endpoint{IP: ip, Name: endpointName(p), NoRedirect: p.NoRedirect})
 		if err != nil {
 			return p, fmt.Errorf("register pod %s: %w", p, err)
+		}
+	}
+	// The XDP path comes last: the socket path must not wait on it.
+	if err := putRoutes(dp, p); err != nil {
+		return p, fmt.Errorf("register pod %s: %w", p, err)
+	}
+	if xdpActive(dp) {
+		if err := PrepareXDP(dp, p); err != nil {
+			return p, fmt.Errorf("register: %w", err)
 		}
 	}
 	return p, nil
@@ -98,6 +112,7 @@ func merge(old, p bpf.Pod) bpf.Pod {
 		out.PodMAC = p.PodMAC
 	}
 	out.NoRedirect = p.NoRedirect
+	out.NoXDP = p.NoXDP
 	out.Source |= p.Source
 	out.Confirmed = out.Confirmed || p.Confirmed
 	for _, id := range p.Cgroups {
@@ -134,11 +149,23 @@ func Unregister(dp *bpf.Datapath, id string) (bool, error) {
 	if err != nil {
 		errs = append(errs, err)
 	}
+	var released []netip.Addr
 	for _, ip := range p.IPs {
 		if held[ip] {
 			continue
 		}
 		if err := dp.DeleteEndpoint(ip); err != nil && !errors.Is(err, bpf.ErrEndpointNotFound) {
+			errs = append(errs, err)
+		}
+		released = append(released, ip)
+	}
+	if err := releaseXDP(dp, released); err != nil {
+		errs = append(errs, err)
+	}
+	// The containers of a podman pod share one veth: its reply program
+	// goes with the last of their records.
+	if p.HostIfindex != 0 && !vethHeldByOthers(dp, p) {
+		if err := dp.DetachReply(p.HostIfindex); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -150,6 +177,22 @@ func Unregister(dp *bpf.Datapath, id string) (bool, error) {
 		return true, err
 	}
 	return true, nil
+}
+
+// vethHeldByOthers reports whether another record names p's host veth.
+// On error it says yes: a reply program left attached is harmless, one
+// taken from a live pod breaks its hostPort replies.
+func vethHeldByOthers(dp *bpf.Datapath, p bpf.Pod) bool {
+	all, err := dp.Pods()
+	if err != nil {
+		return true
+	}
+	for _, o := range all {
+		if o.ID != p.ID && o.HostIfindex == p.HostIfindex {
+			return true
+		}
+	}
+	return false
 }
 
 // heldByOthers returns the addresses that pods other than id hold: an

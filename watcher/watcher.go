@@ -20,6 +20,7 @@ import (
 	"github.com/patu-dev/patu/pods"
 	"github.com/patu-dev/patu/runtime"
 	"github.com/patu-dev/patu/runtime/cri"
+	"github.com/patu-dev/patu/veth"
 )
 
 // Runtime is where the desired state comes from: the CRI lists
@@ -94,7 +95,9 @@ type podState struct {
 	netIno    uint64 // inode of the sandbox's network namespace
 	podCgroup string // "" when each container has its own cgroup
 	netns     string
+	veth      veth.Pair // zero when unknown
 	optOut    bool
+	noXDP     bool
 	readyAt   time.Time // when its cgroups first covered the pod
 }
 
@@ -562,8 +565,19 @@ func (w *Watcher) syncPod(ctx context.Context, s cri.Sandbox, containers []cri.C
 			}
 		}
 		st.netns = info.Netns
+		if st.netns != "" && len(s.IPs) > 0 {
+			// The host veth, for the XDP path; a CNI plugin may have
+			// recorded it already, and a pod without a veth
+			// (macvlan, ipvlan) does without.
+			if pair, err := veth.Find(st.netns, s.IPs[0]); err == nil {
+				st.veth = pair
+			} else {
+				w.log.Debug("pod veth unknown: no XDP route", "sandbox", s.ID, "error", err)
+			}
+		}
 	}
 	st.optOut = pods.OptedOut(s.Annotations)
+	st.noXDP = pods.XDPOptedOut(s.Annotations)
 
 	// Containers and their cgroups, when each has its own.
 	var dirs []string
@@ -631,10 +645,11 @@ func (w *Watcher) syncPod(ctx context.Context, s cri.Sandbox, containers []cri.C
 
 	p := bpf.Pod{
 		ID: s.ID, Namespace: s.Namespace, Name: s.Name, UID: s.UID, Netns: st.netns,
-		IPs: s.IPs, NoRedirect: st.optOut, Source: bpf.PodFromRuntime, Confirmed: true, Created: s.CreatedAt,
+		IPs: s.IPs, NoRedirect: st.optOut, NoXDP: st.noXDP, Source: bpf.PodFromRuntime, Confirmed: true, Created: s.CreatedAt,
+		HostIfindex: st.veth.HostIndex, HostMAC: st.veth.HostMAC, PodMAC: st.veth.PodMAC,
 	}
-	if rec.ID == "" || !rec.Confirmed || rec.NoRedirect != p.NoRedirect || !slices.Equal(rec.IPs, p.IPs) ||
-		rec.Source&bpf.PodFromRuntime == 0 {
+	if rec.ID == "" || !rec.Confirmed || rec.NoRedirect != p.NoRedirect || rec.NoXDP != p.NoXDP || !slices.Equal(rec.IPs, p.IPs) ||
+		rec.Source&bpf.PodFromRuntime == 0 || (rec.HostIfindex == 0 && p.HostIfindex != 0) {
 		var err error
 		if rec, err = pods.Register(w.cfg.Datapath, p); err != nil {
 			return err

@@ -32,6 +32,8 @@ commands:
   status [-o json] [--state-dir DIR]       pods, attachments, endpoints, counters, hook failures
   daemon [flags]                           load, then follow the container runtime (daemon -h)
   hook [--state-dir DIR] STAGE             OCI hook for podman/CRI-O, state JSON on stdin (hook -h)
+  xdp attach|detach IFACE [--mode M]       XDP fast path from an uplink to pods; bypasses netfilter (xdp -h)
+  xdp exclude-port|include-port PROTO/PORT keep a destination port off the XDP path
 ` + installUsageLines + `
 global flags:
   --bpffs DIR   pin directory (default /sys/fs/bpf/patu)
@@ -68,7 +70,7 @@ func runTo(ctx context.Context, out io.Writer, args []string) error {
 		return nil
 	}
 	switch cmd {
-	case "load", "unload", "attach", "detach", "endpoint", "status", "daemon", "hook", "install", "uninstall":
+	case "load", "unload", "attach", "detach", "endpoint", "status", "daemon", "hook", "xdp", "install", "uninstall":
 	default:
 		return usagef("unknown command %q", cmd)
 	}
@@ -94,6 +96,8 @@ func runTo(ctx context.Context, out io.Writer, args []string) error {
 		return cmdDaemon(ctx, out, *pinDir, args)
 	case "hook":
 		return cmdHook(os.Stdin, out, os.Stderr, *pinDir, args)
+	case "xdp":
+		return cmdXDP(out, *pinDir, args)
 	case "install":
 		return cmdInstall(out, args)
 	case "uninstall":
@@ -231,6 +235,17 @@ type Status struct {
 	Counters    bpf.Counters     `json:"counters"`
 	// HookFailures are the failures `patu hook` counted, when any.
 	HookFailures *hook.Failures `json:"hook_failures,omitempty"`
+	XDP          XDPStatus      `json:"xdp"`
+}
+
+// XDPStatus is the XDP fast path: where it is attached and what it holds.
+type XDPStatus struct {
+	Uplinks       []bpf.XDPUplink `json:"uplinks"`
+	Routes        []bpf.XDPRoute  `json:"routes"`
+	HostPorts     []bpf.HostPort  `json:"host_ports"`
+	ExcludedPorts []bpf.PortKey   `json:"excluded_ports"`
+	Flows         int             `json:"flows"`
+	Counters      bpf.XDPCounters `json:"counters"`
 }
 
 // PodStatus is a pod record with its live short-circuited sockets.
@@ -277,6 +292,9 @@ func cmdStatus(out io.Writer, pinDir string, args []string) error {
 	if st.Pods, err = podStatus(d); err != nil {
 		return err
 	}
+	if st.XDP, err = xdpStatus(d); err != nil {
+		return err
+	}
 	if *format == "json" {
 		return writeJSON(out, st)
 	}
@@ -315,6 +333,7 @@ func cmdStatus(out io.Writer, pinDir string, args []string) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	writeXDP(out, st.XDP)
 	if st.HookFailures != nil {
 		fmt.Fprintf(out, "\n%s\n", hookFailureLine(*stateDir, *st.HookFailures))
 	}

@@ -38,6 +38,9 @@ flags:
   --resync DUR              full reconcile period without events (default 5m)
   --poll DUR                reconcile period when the runtime sends no events at all,
                             e.g. CRI-O with enable_pod_events = false (default 5s)
+  --xdp-iface IF[,IF]       attach the XDP fast path to these uplinks: traffic from them to
+                            pod addresses and hostPorts skips the bridge and netfilter (xdp -h)
+  --xdp-mode native|generic XDP mode (default native, generic where the driver has none)
   --metrics-addr ADDR       serve Prometheus metrics on ADDR (e.g. 127.0.0.1:9465)
   --ready-file FILE         write FILE after the first successful reconcile
   --log-level LEVEL         debug, info, warn or error (default info)
@@ -51,6 +54,8 @@ func cmdDaemon(ctx context.Context, out io.Writer, pinDir string, args []string)
 	events := fs.String("events", "auto", "")
 	resync := fs.Duration("resync", 5*time.Minute, "")
 	poll := fs.Duration("poll", 5*time.Second, "")
+	xdpIfaces := fs.String("xdp-iface", "", "")
+	xdpMode := fs.String("xdp-mode", "", "")
 	metricsAddr := fs.String("metrics-addr", "", "")
 	readyFile := fs.String("ready-file", "", "")
 	level := fs.String("log-level", "info", "")
@@ -70,6 +75,11 @@ func cmdDaemon(ctx context.Context, out io.Writer, pinDir string, args []string)
 	default:
 		return usagef("daemon: --events %q: want auto, containerd or cri", *events)
 	}
+	switch *xdpMode {
+	case "", string(bpf.XDPNative), string(bpf.XDPGeneric):
+	default:
+		return usagef("daemon: --xdp-mode %q: want native or generic", *xdpMode)
+	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
 	// The live heap is well under 1 MiB; Go's default pacing would let it
 	// grow to a 4 MiB goal in a burst of pods. Half that costs a few more
@@ -84,6 +94,18 @@ func cmdDaemon(ctx context.Context, out io.Writer, pinDir string, args []string)
 	}
 	defer dp.Close()
 	log.Info("patu loaded", "bpffs", pinDir)
+	if *xdpIfaces != "" {
+		// Before the first reconcile, so that every pod it registers is
+		// readied for the XDP path. Detaching is left to `patu xdp
+		// detach`: like the socket path, it outlives the daemon.
+		for _, iface := range strings.Split(*xdpIfaces, ",") {
+			mode, err := attachXDP(dp, strings.TrimSpace(iface), bpf.XDPMode(*xdpMode))
+			if err != nil {
+				return err
+			}
+			log.Warn("xdp fast path on: what it redirects bypasses netfilter", "uplink", iface, "mode", mode)
+		}
+	}
 
 	if *endpoint == "" {
 		if *endpoint, err = runtime.FindEndpoint(); err != nil {

@@ -39,6 +39,12 @@ type Config struct {
 	// cgroups are created in. Default: <cgroup2 mount>/patu-test-<Prefix>,
 	// which Close removes as well.
 	CgroupParent string
+	// Uplink adds an "external" client: namespace Prefix+"-ext", linked to
+	// the node by a veth pair (Prefix+"up" in the node, eth0 in the
+	// client) numbered from Uplink4 and Uplink6 (node .1 / ::1, client .2
+	// / ::2). See uplink.go.
+	Uplink           bool
+	Uplink4, Uplink6 netip.Prefix
 }
 
 // Net is a topology built by New.
@@ -51,6 +57,15 @@ type Net struct {
 	Bridge string
 	// Pods are the pods, in order.
 	Pods []*Pod
+	// Ext is the external client when Config.Uplink is set: its HostVeth
+	// is the node end of the uplink, its IPv4 and IPv6 are ExtIP4/6.
+	Ext *Pod
+	// Uplink is the node end of the uplink veth, in the node namespace.
+	Uplink string
+	// NodeUplinkIP4/6 are the node's addresses on the uplink, ExtIP4/6
+	// the client's.
+	NodeUplinkIP4, NodeUplinkIP6 netip.Addr
+	ExtIP4, ExtIP6               netip.Addr
 
 	cfg           Config
 	cgroupParent  string
@@ -79,6 +94,9 @@ type Pod struct {
 	// PodVeth is the pod's interface inside its namespace, eth0 (the bridge
 	// for Node).
 	PodVeth string
+	// PodMAC is the MAC of PodVeth, HostMAC the MAC of HostVeth (the
+	// bridge's for Node, as the pods' gateway, nil for Node's HostMAC).
+	PodMAC, HostMAC net.HardwareAddr
 	// CgroupDir is the pod's own cgroup v2 directory.
 	CgroupDir string
 
@@ -123,6 +141,9 @@ func validate(cfg Config) error {
 	if !cfg.Subnet6.IsValid() || !cfg.Subnet6.Addr().Is6() || cfg.Subnet6.Addr().Is4In6() || 1<<hostBits(cfg.Subnet6) < cfg.Pods+2 {
 		return fmt.Errorf("testnet %s: IPv6 subnet %s cannot hold a bridge and %d pods", cfg.Prefix, cfg.Subnet6, cfg.Pods)
 	}
+	if cfg.Uplink {
+		return validateUplink(cfg)
+	}
 	return nil
 }
 
@@ -164,6 +185,18 @@ func (n *Net) build() error {
 		}
 		n.Pods = append(n.Pods, p)
 		if err := n.plug(p, fmt.Sprintf("%sv%d", cfg.Prefix, i)); err != nil {
+			return err
+		}
+	}
+	// The bridge takes the smallest MAC of its ports: read it once all
+	// are in.
+	br, err := n.node.LinkByName(n.Bridge)
+	if err != nil {
+		return fmt.Errorf("find bridge %s: %w", n.Bridge, err)
+	}
+	node.PodMAC = br.Attrs().HardwareAddr
+	if cfg.Uplink {
+		if err := n.buildUplink(); err != nil {
 			return err
 		}
 	}
@@ -289,6 +322,7 @@ func (n *Net) plug(p *Pod, hostVeth string) error {
 		return fmt.Errorf("find veth %s: %w", hostVeth, err)
 	}
 	p.HostIfindex = host.Attrs().Index
+	p.HostMAC = host.Attrs().HardwareAddr
 	if err := n.node.LinkSetUp(host); err != nil {
 		return fmt.Errorf("set veth %s up: %w", hostVeth, err)
 	}
@@ -302,6 +336,7 @@ func (n *Net) plug(p *Pod, hostVeth string) error {
 		if err != nil {
 			return fmt.Errorf("find %s: %w", p.PodVeth, err)
 		}
+		p.PodMAC = eth.Attrs().HardwareAddr
 		if err := addAddrs(h, eth, p, n.cfg); err != nil {
 			return fmt.Errorf("%s: %w", p.PodVeth, err)
 		}
@@ -454,6 +489,11 @@ func (n *Net) Close() error {
 		if err := delLink(n.node, n.Bridge); err != nil {
 			errs = append(errs, err)
 		}
+		if n.cfg.Uplink {
+			if err := delLink(n.node, n.cfg.Prefix+"up"); err != nil {
+				errs = append(errs, err)
+			}
+		}
 		n.node.Close()
 	}
 	for i := len(n.netns) - 1; i >= 0; i-- {
@@ -584,7 +624,7 @@ func Sweep(prefix string) error {
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, fmt.Errorf("list %s: %w", netns.RunDir, err))
 	}
-	own := regexp.MustCompile(`^` + prefix + `-(node|p[0-9]+)$`)
+	own := regexp.MustCompile(`^` + prefix + `-(node|ext|p[0-9]+)$`)
 	for _, e := range entries {
 		if own.MatchString(e.Name()) {
 			if err := netns.Delete(e.Name()); err != nil {
