@@ -6,6 +6,7 @@ set -euo pipefail
 pkgs=(
 	clang llvm libbpf-dev linux-libc-dev # go generate: eBPF C -> bpf2go
 	iproute2 ethtool                     # test topologies
+	iptables                             # the XDP benchmark's realistic node path (internal/nodepath)
 	sockperf iperf3                      # benchmarks
 )
 

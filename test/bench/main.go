@@ -40,7 +40,7 @@ func main() {
 	flag.IntVar(&cfg.runs, "runs", 3, "repeat every measurement this many times")
 	flag.DurationVar(&cfg.duration, "duration", 4*time.Second, "length of each measurement (whole seconds)")
 	flag.BoolVar(&cfg.quick, "quick", false, "1 run of 2 s: RR 64 B and 1 KiB, bulk 64 KiB only")
-	flag.StringVar(&cfg.only, "only", "", "run only rr, bulk or footprint measurements")
+	flag.StringVar(&cfg.only, "only", "", "run only rr, bulk, footprint or xdp measurements")
 	flag.StringVar(&cfg.out, "o", "out/bench.json", "write the JSON report here, empty for none (-quick, -demo: out/bench-quick.json; -only footprint: out/bench-footprint[-quick].json)")
 	flag.BoolVar(&cfg.demo, "demo", false, "show the redirect working, then a -quick comparison")
 	flag.StringVar(&cfg.pinDir, "pin-dir", pinDirBench, "bpffs directory for the benchmark's own Patu pins")
@@ -54,6 +54,11 @@ func main() {
 	flag.Visit(func(f *flag.Flag) { explicitOut = explicitOut || f.Name == "o" })
 	switch {
 	case explicitOut:
+	case cfg.only == "xdp":
+		cfg.out = "out/bench-xdp.json"
+		if cfg.quick {
+			cfg.out = "out/bench-xdp-quick.json"
+		}
 	case cfg.only == "footprint":
 		// A footprint run alone must not overwrite a whole report.
 		cfg.out = "out/bench-footprint.json"
@@ -88,14 +93,17 @@ func run(ctx context.Context, log *slog.Logger, cfg config) error {
 	if cfg.duration < time.Second || cfg.duration%time.Second != 0 {
 		return fmt.Errorf("-duration %s: sockperf and iperf3 take whole seconds (at least 1s)", cfg.duration)
 	}
-	if cfg.only != "" && cfg.only != "rr" && cfg.only != "bulk" && cfg.only != "footprint" {
-		return fmt.Errorf("-only %q: want rr, bulk or footprint", cfg.only)
+	if cfg.only != "" && cfg.only != "rr" && cfg.only != "bulk" && cfg.only != "footprint" && cfg.only != "xdp" {
+		return fmt.Errorf("-only %q: want rr, bulk, footprint or xdp", cfg.only)
 	}
 	if cfg.fpIdle < 0 || (cfg.fpIdle > 0 && cfg.fpIdle < time.Second) || cfg.fpPods < 0 || cfg.fpStarts < 0 || cfg.fpCNI < 0 {
 		return errors.New("-footprint-*: want an idle window of at least 1s and counts of at least 1 (0: the default)")
 	}
 	if os.Geteuid() != 0 {
 		return errors.New("the benchmark needs root (network namespaces, cgroups, BPF): run it with sudo")
+	}
+	if cfg.only == "xdp" {
+		return xdpSection(ctx, os.Stdout, log, cfg, xdpOut(cfg))
 	}
 	if cfg.only == "footprint" {
 		rep := report{Machine: describeMachine(), Started: time.Now(), Config: map[string]any{"quick": cfg.quick, "only": cfg.only}}
@@ -107,7 +115,11 @@ func run(ctx context.Context, log *slog.Logger, cfg config) error {
 	if err != nil || cfg.demo || cfg.only != "" {
 		return err
 	}
-	return footprintSection(ctx, os.Stdout, log, cfg, &rep)
+	if err := footprintSection(ctx, os.Stdout, log, cfg, &rep); err != nil {
+		return err
+	}
+	// The XDP ingress comparison (xdp*.go) last, in its own JSON file.
+	return xdpSection(ctx, os.Stdout, log, cfg, xdpOut(cfg))
 }
 
 // comparison runs the side-by-side data path comparison (after the demo
