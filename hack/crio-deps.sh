@@ -36,20 +36,8 @@ t_all=$SECONDS
 
 # ---------------------------------------------------------------- Debian packages
 pkgs=(conmon runc containernetworking-plugins busybox-static iproute2 util-linux gcc make pkg-config libc6-dev libseccomp-dev)
-missing=()
-for p in "${pkgs[@]}"; do
-	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-	[ "$(id -u)" = 0 ] || die "missing Debian packages: ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})"
-	log "installing Debian packages: ${missing[*]}"
-	t=$SECONDS
-	export DEBIAN_FRONTEND=noninteractive
-	apt-get update -qq || die "apt-get update failed"
-	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
-		die "apt-get install ${missing[*]} failed"
-	log "Debian packages installed in $((SECONDS - t)) s"
-fi
+. "$(dirname "$0")/apt.sh"
+apt_install_missing crio-deps "${pkgs[@]}" || exit 1
 
 if [ -x "$DIR/bin/crio" ] && [ -x "$DIR/bin/pinns" ] && [ "$(cat "$DIR/bin/.stamp" 2>/dev/null)" = "$STAMP" ]; then
 	log "CRI-O $CRIO_VERSION already in $DIR/bin"

@@ -10,20 +10,8 @@ pkgs=(
 	sockperf iperf3                      # benchmarks
 )
 
-missing=()
-for p in "${pkgs[@]}"; do
-	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-	if [ "$(id -u)" != 0 ]; then
-		echo "missing Debian packages: ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})" >&2
-		exit 1
-	fi
-	echo "installing: ${missing[*]}"
-	export DEBIAN_FRONTEND=noninteractive
-	apt-get update -qq
-	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+. "$(dirname "$0")/apt.sh"
+apt_install_missing deps "${pkgs[@]}"
 
 if ! command -v go >/dev/null; then
 	echo "go not found: install Go 1.26 (https://go.dev/doc/install) and put it on PATH" >&2

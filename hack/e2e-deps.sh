@@ -24,30 +24,8 @@ t_all=$SECONDS
 
 # ---------------------------------------------------------------- Debian packages
 pkgs=(containerd runc containernetworking-plugins busybox-static iproute2 util-linux)
-missing=()
-for p in "${pkgs[@]}"; do
-	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-	[ "$(id -u)" = 0 ] || die "missing Debian packages: ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})"
-	log "installing Debian packages: ${missing[*]}"
-	t=$SECONDS
-	export DEBIAN_FRONTEND=noninteractive
-	# The tests start private containerd instances and stop them again;
-	# on a host with an init system, installing the package must not start
-	# (and leave running) the system-wide one.
-	policy=""
-	if [ ! -e /usr/sbin/policy-rc.d ]; then
-		policy=/usr/sbin/policy-rc.d
-		printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy"
-		trap 'rm -f "$policy"' EXIT
-	fi
-	apt-get update -qq || die "apt-get update failed"
-	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
-		die "apt-get install ${missing[*]} failed"
-	[ -z "$policy" ] || rm -f "$policy"
-	log "Debian packages installed in $((SECONDS - t)) s"
-fi
+. "$(dirname "$0")/apt.sh"
+apt_install_missing e2e-deps "${pkgs[@]}" || exit 1
 
 # ---------------------------------------------------------------- Go tools
 if ! command -v go >/dev/null && [ -x /usr/local/go/bin/go ]; then

@@ -11,30 +11,7 @@
 # network_config_dir), so nothing else on the host changes.
 set -euo pipefail
 
-die() { echo "podman-deps: $*" >&2; exit 1; }
-log() { echo "podman-deps: $*"; }
 
 pkgs=(podman netavark busybox-static iproute2 util-linux)
-missing=()
-for p in "${pkgs[@]}"; do
-	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]} == 0)); then
-	exit 0
-fi
-[ "$(id -u)" = 0 ] || die "missing Debian packages: ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})"
-log "installing Debian packages: ${missing[*]}"
-t=$SECONDS
-export DEBIAN_FRONTEND=noninteractive
-# podman's package enables podman.socket and friends on a host with an
-# init system: the tests start their own podman processes and need none.
-policy=""
-if [ ! -e /usr/sbin/policy-rc.d ]; then
-	policy=/usr/sbin/policy-rc.d
-	printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy"
-	trap 'rm -f "$policy"' EXIT
-fi
-apt-get update -qq || die "apt-get update failed"
-apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
-	die "apt-get install ${missing[*]} failed"
-log "installed in $((SECONDS - t)) s"
+. "$(dirname "$0")/apt.sh"
+apt_install_missing podman-deps "${pkgs[@]}"

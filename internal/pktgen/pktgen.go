@@ -1,11 +1,12 @@
 // Package pktgen measures packet rates: a UDP sender that blasts (or paces)
 // small datagrams over several flows with sendmmsg(2), and a receiver that
 // takes them with recvmmsg(2), checks every payload and counts losses and
-// reordering per flow.
+// reordering per flow; and a TCP request/response ping-pong (rr.go) that
+// times every round trip of one connection.
 //
-// Both create their sockets in the network namespace of the calling thread
-// (call New* inside netns.Do or testnet.Pod.Do); the sockets stay there,
-// and Run and the receive loop may then run on any thread.
+// All create their sockets in the network namespace of the calling thread
+// (call New* and DialRR inside netns.Do or testnet.Pod.Do); the sockets stay
+// there, and Run and the receive and echo loops may then run on any thread.
 package pktgen
 
 import (

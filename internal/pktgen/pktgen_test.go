@@ -167,3 +167,62 @@ func TestSendReceive(t *testing.T) {
 	time.Sleep(50 * time.Millisecond)
 	t.Logf("unpaced: sent %.0f pps, received %+v", res.PPS(), r.Stats())
 }
+
+func TestRR(t *testing.T) {
+	a, b := pair(t)
+	for _, dst := range []string{"10.231.250.2:9010", "[fd00:231:250::2]:9011"} {
+		ap := netip.MustParseAddrPort(dst)
+		var srv *RRServer
+		if err := netns.Do(b, func() (err error) { srv, err = NewRRServer(ap, 64); return }); err != nil {
+			t.Fatal(err)
+		}
+		var c *RRClient
+		if err := netns.Do(a, func() (err error) { c, err = DialRR(ap, 64); return }); err != nil {
+			srv.Close()
+			t.Fatal(err)
+		}
+		started := false
+		res, err := c.Run(context.Background(), 100*time.Millisecond, 400*time.Millisecond, func() { started = true })
+		c.Close()
+		if serr := srv.Close(); serr != nil {
+			t.Errorf("%s: server: %v", dst, serr)
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", dst, err)
+		}
+		t.Logf("%s: %d round trips in %.2fs, p50 %.1fµs p99 %.1fµs max %.1fµs", dst, res.Count, res.Seconds, res.P50, res.P99, res.Max)
+		if !started || res.Count < 100 || res.Seconds < 0.3 || res.Seconds > 1 {
+			t.Errorf("%s: started %v, %+v", dst, started, res)
+		}
+		if !(res.Min > 0 && res.Min <= res.P50 && res.P50 <= res.P90 && res.P90 <= res.P99 && res.P99 <= res.P999 && res.P999 <= res.Max) {
+			t.Errorf("%s: percentiles out of order: %+v", dst, res)
+		}
+	}
+	// A server closed under a connected client ends the client's run with an error.
+	ap := netip.MustParseAddrPort("10.231.250.2:9012")
+	var srv *RRServer
+	if err := netns.Do(b, func() (err error) { srv, err = NewRRServer(ap, 64); return }); err != nil {
+		t.Fatal(err)
+	}
+	var c *RRClient
+	if err := netns.Do(a, func() (err error) { c, err = DialRR(ap, 64); return }); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	go func() { time.Sleep(100 * time.Millisecond); srv.Close() }()
+	if _, err := c.Run(context.Background(), 0, 5*time.Second, nil); err == nil {
+		t.Error("run against a closed server: no error")
+	}
+}
+
+func TestSummarizeRTT(t *testing.T) {
+	var v []int64
+	for i := 1000; i >= 1; i-- {
+		v = append(v, int64(i)*1000)
+	}
+	var r RRResult
+	summarizeRTT(&r, v)
+	if r.Count != 1000 || r.P50 != 500 || r.P90 != 900 || r.P99 != 990 || r.P999 != 999 || r.Min != 1 || r.Max != 1000 || r.Mean != 500.5 {
+		t.Errorf("%+v", r)
+	}
+}

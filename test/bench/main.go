@@ -362,7 +362,7 @@ func otherPatuPins(own string) []string {
 }
 
 // writeJSON writes the report atomically: a reader never sees half a file.
-func writeJSON(path string, rep report) error {
+func writeJSON(path string, rep any) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("create %s: %w", filepath.Dir(path), err)
 	}

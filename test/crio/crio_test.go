@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/patu-dev/patu/bpf"
+	"github.com/patu-dev/patu/internal/logtail"
 	"github.com/patu-dev/patu/internal/peerresult"
 	"github.com/patu-dev/patu/runtime"
 	"github.com/patu-dev/patu/runtime/cri"
@@ -236,7 +237,7 @@ func testDaemon(t *testing.T, l *lab) {
 	logText := d.log()
 	if !strings.Contains(logText, `msg="event source not served, trying the next" source=containerd`) ||
 		!strings.Contains(logText, `msg="watching runtime events" source=cri`) {
-		t.Errorf("daemon did not fall back from containerd to CRI events:\n%s", tail([]byte(logText), 20))
+		t.Errorf("daemon did not fall back from containerd to CRI events:\n%s", logtail.Lines([]byte(logText), 20))
 	}
 	if n := d.metric(`patu_watcher_events_total{source="cri"}`); n == 0 {
 		t.Error("no CRI events counted")
@@ -295,7 +296,7 @@ func testNoPodEvents(t *testing.T, l *lab) {
 	rec := d.waitRegistered(e, 1)
 	t.Logf("pod e registered %v after RunPodSandbox began, by polling", time.Since(t0).Round(time.Millisecond))
 	if !strings.Contains(d.log(), `msg="the runtime serves no event source`) || !strings.Contains(d.log(), "enable_pod_events") {
-		t.Errorf("daemon log does not say it polls, and why:\n%s", tail([]byte(d.log()), 20))
+		t.Errorf("daemon log does not say it polls, and why:\n%s", logtail.Lines([]byte(d.log()), 20))
 	}
 	if n := d.metric("patu_watcher_stream_reconnects_total"); n != 0 {
 		t.Errorf("%v stream reconnects counted while polling", n)
@@ -347,7 +348,7 @@ func startDaemon(t *testing.T, flags ...string) *daemon {
 			<-d.exited
 		}
 		if t.Failed() || os.Getenv("PATU_E2E_LOG") == "1" {
-			t.Logf("daemon log:\n%s", tail([]byte(d.log()), 200))
+			t.Logf("daemon log:\n%s", logtail.Lines([]byte(d.log()), 200))
 		}
 		if _, err := bpf.Unload(pinDir); err != nil {
 			t.Errorf("unload: %v", err)
@@ -359,11 +360,11 @@ func startDaemon(t *testing.T, flags ...string) *daemon {
 		}
 		select {
 		case <-d.exited:
-			t.Fatalf("daemon exited:\n%s", tail([]byte(d.log()), 30))
+			t.Fatalf("daemon exited:\n%s", logtail.Lines([]byte(d.log()), 30))
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("daemon not ready after 30s:\n%s", tail([]byte(d.log()), 30))
+			t.Fatalf("daemon not ready after 30s:\n%s", logtail.Lines([]byte(d.log()), 30))
 		}
 	}
 }
@@ -456,7 +457,7 @@ func (d *daemon) client(ctx context.Context, l *lab, from *pod, args ...string) 
 	}
 	res, perr := peerresult.Parse(stdout)
 	if code != 0 || perr != nil || res.Failed > 0 {
-		d.t.Fatalf("client in %s: exit %d, result %+v (%v)\nstderr: %s", from.name, code, res, perr, tail(stderr, 20))
+		d.t.Fatalf("client in %s: exit %d, result %+v (%v)\nstderr: %s", from.name, code, res, perr, logtail.Lines(stderr, 20))
 	}
 	return res
 }

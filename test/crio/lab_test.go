@@ -25,6 +25,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/patu-dev/patu/cgroup"
+	"github.com/patu-dev/patu/internal/logtail"
 	"github.com/patu-dev/patu/internal/mountinfo"
 	"github.com/patu-dev/patu/internal/rtlab"
 	"github.com/patu-dev/patu/netns"
@@ -348,7 +349,7 @@ func conditionsOK(st *runtimeapi.StatusResponse) bool {
 
 func (l *lab) logTail() string {
 	b, _ := os.ReadFile(logPath)
-	return tail(b, 30)
+	return logtail.Lines(b, 30)
 }
 
 // close removes the pods through CRI (so CNI DEL runs), stops CRI-O and
@@ -612,12 +613,4 @@ func (l *lab) exec(ctx context.Context, ctr string, timeout time.Duration, cmd .
 		return nil, nil, -1, err
 	}
 	return resp.GetStdout(), resp.GetStderr(), resp.GetExitCode(), nil
-}
-
-func tail(b []byte, n int) string {
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

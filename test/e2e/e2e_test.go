@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/patu-dev/patu/bpf"
+	"github.com/patu-dev/patu/internal/fanout"
 	"github.com/patu-dev/patu/internal/peerresult"
 	"github.com/patu-dev/patu/internal/rtlab"
 )
@@ -108,7 +109,7 @@ func suite(t *testing.T, cfg nodeConfig) {
 		var ids []string
 		var mu = make(chan struct{}, 1)
 		mu <- struct{}{}
-		err := parallel(pods, width, func(i int) error {
+		err := fanout.Run(pods, width, func(i int) error {
 			p, err := n.lab.RunPod(ctx, rtlab.PodSpec{Name: fmt.Sprintf("churn-%d", i), Namespace: "e2e", PodCgroup: i%2 == 0})
 			if err != nil {
 				return err

@@ -3,7 +3,6 @@ package e2e
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -13,7 +12,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -21,6 +19,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/patu-dev/patu/bpf"
+	"github.com/patu-dev/patu/internal/logtail"
 	"github.com/patu-dev/patu/internal/peerresult"
 	"github.com/patu-dev/patu/internal/rtlab"
 	"github.com/patu-dev/patu/netns"
@@ -124,7 +123,7 @@ func newNode(t *testing.T, cfg nodeConfig) *node {
 		}
 		if t.Failed() || os.Getenv("PATU_E2E_LOG") == "1" {
 			b, _ := os.ReadFile(n.logPath)
-			t.Logf("daemon log:\n%s", tail(b, 400))
+			t.Logf("daemon log:\n%s", logtail.Lines(b, 400))
 		}
 	})
 	return n
@@ -172,7 +171,7 @@ func (n *node) startDaemon() {
 		case <-exited:
 			n.daemon = nil
 			b, _ := os.ReadFile(n.logPath)
-			n.t.Fatalf("daemon exited: %v\n%s", n.exitErr, tail(b, 30))
+			n.t.Fatalf("daemon exited: %v\n%s", n.exitErr, logtail.Lines(b, 30))
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
@@ -370,7 +369,7 @@ func (n *node) tryClient(ctx context.Context, from *pod, timeout time.Duration, 
 	}
 	res, perr := peerresult.Parse(stdout)
 	if code != 0 || perr != nil || res.Failed > 0 {
-		return res, fmt.Errorf("client exit %d, result %+v (%v)\nstderr: %s", code, res, perr, tail(stderr, 20))
+		return res, fmt.Errorf("client exit %d, result %+v (%v)\nstderr: %s", code, res, perr, logtail.Lines(stderr, 20))
 	}
 	return res, nil
 }
@@ -405,37 +404,4 @@ func (n *node) vethPackets(p *pod) uint64 {
 		n.t.Fatalf("host veth of %s: %v", p.Name, err)
 	}
 	return pk
-}
-
-func tail(b []byte, lines int) string {
-	s := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(s) > lines {
-		s = s[len(s)-lines:]
-	}
-	return strings.Join(s, "\n")
-}
-
-// parallel runs fn(i) for i in [0,n) with at most width at once and
-// returns the first error.
-func parallel(n, width int, fn func(i int) error) error {
-	var (
-		wg   sync.WaitGroup
-		mu   sync.Mutex
-		errs []error
-		sem  = make(chan struct{}, width)
-	)
-	for i := 0; i < n; i++ {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			if err := fn(i); err != nil {
-				mu.Lock()
-				errs = append(errs, err)
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
-	return errors.Join(errs...)
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/patu-dev/patu/deploy"
 	"github.com/patu-dev/patu/hook"
 	"github.com/patu-dev/patu/install"
+	"github.com/patu-dev/patu/internal/logtail"
 	"github.com/patu-dev/patu/internal/mountinfo"
 	"github.com/patu-dev/patu/internal/peerresult"
 	"github.com/patu-dev/patu/internal/rtlab"
@@ -271,7 +272,7 @@ func runPodman(ctx context.Context, dir, conf string, args ...string) (string, e
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
-		return stdout.String(), fmt.Errorf("podman %s: %v\n%s", strings.Join(args, " "), err, tail(stderr.Bytes(), 20))
+		return stdout.String(), fmt.Errorf("podman %s: %v\n%s", strings.Join(args, " "), err, logtail.Lines(stderr.Bytes(), 20))
 	}
 	return strings.TrimSpace(stdout.String()), nil
 }
@@ -616,39 +617,6 @@ func sweep() error {
 	if _, err := bpf.Unload(pinDir); err != nil {
 		errs = append(errs, err)
 	}
-	return errors.Join(errs...)
-}
-
-func tail(b []byte, lines int) string {
-	s := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(s) > lines {
-		s = s[len(s)-lines:]
-	}
-	return strings.Join(s, "\n")
-}
-
-// parallel runs fn(i) for i in [0,n) with at most width at once and
-// returns every error.
-func parallel(n, width int, fn func(i int) error) error {
-	var (
-		wg   sync.WaitGroup
-		mu   sync.Mutex
-		errs []error
-		sem  = make(chan struct{}, width)
-	)
-	for i := range n {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			if err := fn(i); err != nil {
-				mu.Lock()
-				errs = append(errs, err)
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
 	return errors.Join(errs...)
 }
 

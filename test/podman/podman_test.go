@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/patu-dev/patu/bpf"
+	"github.com/patu-dev/patu/internal/fanout"
 	"github.com/patu-dev/patu/internal/testnet"
 )
 
@@ -189,7 +190,7 @@ func TestPodman(t *testing.T) {
 		start := time.Now()
 		ids := make([]string, n)
 		dp := e.dp()
-		err := parallel(n, width, func(i int) error {
+		err := fanout.Run(n, width, func(i int) error {
 			flags := []string{"--name", fmt.Sprint("churn-", i)}
 			if i%4 == 3 {
 				flags = append(flags, "--annotation", "patu.io/redirect=false")
