@@ -81,6 +81,14 @@ func runMain(m *testing.M) int {
 		return m.Run()
 	}
 
+	// A killed run leaves its binaries behind. Only one lab runs at a
+	// time (its netns name is fixed, and startLab sweeps any other), so
+	// every earlier directory is stale.
+	if old, err := filepath.Glob(filepath.Join(os.TempDir(), "patu-crio-*")); err == nil {
+		for _, d := range old {
+			os.RemoveAll(d)
+		}
+	}
 	tmp, err := os.MkdirTemp("", "patu-crio-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
