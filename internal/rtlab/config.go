@@ -21,6 +21,9 @@ const BaseDir = "/run/patu-rtlab"
 // plugin in runtimeConfig; without it a plugin cannot see them.
 const annotationsCapability = "io.kubernetes.cri.pod-annotations"
 
+// portMappingsCapability gets chained plugins the pods' hostPorts.
+const portMappingsCapability = "portMappings"
+
 // layout is where a lab with a given prefix keeps everything. It depends on
 // the prefix alone, so Sweep finds a crashed lab's leftovers without any
 // other input.
@@ -150,6 +153,7 @@ func conflist(l layout, cfg Config) ([]byte, error) {
 			maps.Copy(caps, c)
 		}
 		caps[annotationsCapability] = true
+		caps[portMappingsCapability] = true
 		conf["capabilities"] = caps
 		plugins = append(plugins, conf)
 	}

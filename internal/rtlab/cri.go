@@ -33,6 +33,17 @@ type PodSpec struct {
 	// in every cgroup hierarchy, cgroup v2 included. Without it each
 	// container has its own cgroup under /k8s.io and there is no pod level.
 	PodCgroup bool
+	// HostPorts are the sandbox's port mappings (kubelet's hostPort). A
+	// chained CNI plugin receives them in runtimeConfig.portMappings.
+	HostPorts []HostPort
+}
+
+// HostPort maps HostPort on the node to ContainerPort in the pod.
+type HostPort struct {
+	Protocol      string // "tcp" or "udp"
+	HostPort      int32
+	ContainerPort int32
+	HostIP        string // "" for every address
 }
 
 // Pod is a running pod sandbox.
@@ -110,6 +121,14 @@ func (l *Lab) runPod(ctx context.Context, spec PodSpec) (*Pod, error) {
 		Linux: &runtimeapi.LinuxPodSandboxConfig{
 			SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{NamespaceOptions: namespaces()},
 		},
+	}
+	for _, hp := range spec.HostPorts {
+		proto := runtimeapi.Protocol_TCP
+		if hp.Protocol == "udp" {
+			proto = runtimeapi.Protocol_UDP
+		}
+		rec.config.PortMappings = append(rec.config.PortMappings, &runtimeapi.PortMapping{
+			Protocol: proto, ContainerPort: hp.ContainerPort, HostPort: hp.HostPort, HostIp: hp.HostIP})
 	}
 	if spec.PodCgroup {
 		rec.cgroupParent = l.PodCgroupParent(uid)

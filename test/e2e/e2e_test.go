@@ -19,7 +19,8 @@ import (
 // containerd 1.6 (Debian): containerd's event stream, the patu CNI plugin
 // chained after bridge, per-container and per-pod cgroups.
 func TestContainerd16(t *testing.T) {
-	suite(t, nodeConfig{flavor: "1.6", prefix: "e16", subnet: "10.207.1.0/24", events: "auto", cni: true})
+	suite(t, nodeConfig{flavor: "1.6", prefix: "e16", subnet: "10.207.1.0/24", events: "auto", cni: true,
+		uplink: "10.207.101.0/24"})
 }
 
 // containerd 2.x: CRI GetContainerEvents, no CNI plugin (the daemon alone
@@ -87,6 +88,14 @@ func suite(t *testing.T, cfg nodeConfig) {
 		}
 		t.Logf("%d bytes over TCP to the opted-out pod", res.Bytes)
 	})
+
+	if cfg.cni {
+		// The host veths are the CNI plugin's to record here: the daemon
+		// runs outside the lab's namespace, where they live.
+		t.Run("xdp", func(t *testing.T) {
+			testXDP(t, n, cfg.prefix, netip.MustParsePrefix(cfg.subnet), netip.MustParsePrefix(cfg.uplink))
+		})
+	}
 
 	t.Run("stop-remove", func(t *testing.T) {
 		d := n.runPod(ctx, "d", true, nil, serverCmd...)

@@ -80,6 +80,7 @@ type nodeConfig struct {
 	flavor, prefix, subnet, subnet6 string
 	events                          string // daemon --events
 	cni                             bool   // chain the patu CNI plugin
+	uplink                          string // the XDP subtest's uplink subnet (with cni)
 }
 
 func newNode(t *testing.T, cfg nodeConfig) *node {
