@@ -3,6 +3,7 @@ package watcher
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -335,6 +336,36 @@ func TestContainerTaskAttachedOnEvent(t *testing.T) {
 	fx.w.handle(context.Background(), runtime.Event{Kind: runtime.ContainerCreated, ID: "ctr-stale", Pid: other.Process.Pid})
 	if _, _, atts := fx.state(t); len(atts) != before {
 		t.Errorf("event for an unknown process attached something: %v", atts)
+	}
+}
+
+// TestReconcileFindsTheVeth: without a CNI plugin to record it, the
+// watcher finds each pod's host veth and MACs itself, for the XDP path,
+// and honours the XDP opt-out. It runs in the node's namespace, as the
+// daemon does on a node.
+func TestReconcileFindsTheVeth(t *testing.T) {
+	fx := newFixture(t, "wtvf", "10.206.9.0/24", "fd00:206:9::/64")
+	fx.addPod(t, 0, nil)
+	fx.addPod(t, 1, map[string]string{"patu.io/xdp": "false"})
+	if err := fx.net.Node.Do(func() error { return fx.w.Reconcile(context.Background()) }); err != nil {
+		t.Fatal(err)
+	}
+	recs, _, _ := fx.state(t)
+	for i, p := range fx.net.Pods {
+		r := recs[fmt.Sprint("sb", i)]
+		if r.HostIfindex != uint32(p.HostIfindex) || r.HostMAC.String() != p.HostMAC.String() || r.PodMAC.String() != p.PodMAC.String() {
+			t.Errorf("pod %d record %+v: want host veth %d %s, pod MAC %s", i, r, p.HostIfindex, p.HostMAC, p.PodMAC)
+		}
+		if r.NoXDP != (i == 1) {
+			t.Errorf("pod %d: NoXDP %v", i, r.NoXDP)
+		}
+	}
+	routes, err := fx.dp.XDPRoutes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(recs["sb0"].IPs) + len(recs["sb1"].IPs); len(routes) != n || n == 0 {
+		t.Errorf("XDP routes %+v, want one per pod address (%d)", routes, n)
 	}
 }
 

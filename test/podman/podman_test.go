@@ -53,9 +53,11 @@ func TestPodman(t *testing.T) {
 
 	t.Run("records", func(t *testing.T) {
 		e := e.with(t)
+		// The host veth (netavark's) is recorded too, for the XDP path.
 		for _, r := range []bpf.Pod{recA, recB} {
 			if r.Source != bpf.PodFromHook || r.Namespace != "podman" || r.Name != r.ID[:12] || r.NoRedirect ||
-				len(r.IPs) != 1 || len(r.Cgroups) != 1 || !strings.HasPrefix(r.Netns, "/run/netns/netns-") {
+				len(r.IPs) != 1 || len(r.Cgroups) != 1 || !strings.HasPrefix(r.Netns, "/run/netns/netns-") ||
+				r.HostIfindex == 0 || len(r.PodMAC) != 6 || len(r.HostMAC) != 6 {
 				t.Errorf("record %+v", r)
 			}
 		}
