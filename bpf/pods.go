@@ -54,7 +54,10 @@ type Pod struct {
 	NoRedirect bool     `json:"no_redirect,omitempty"`
 	// NoXDP keeps traffic from the uplink to the pod on the normal path
 	// (netfilter, policy) even where the XDP fast path is on.
-	NoXDP  bool      `json:"no_xdp,omitempty"`
+	NoXDP bool `json:"no_xdp,omitempty"`
+	// GROSet: Patu turned GRO on for the pod's interface for the XDP
+	// path (it was off), and turns it off again when that path goes.
+	GROSet bool      `json:"gro_set,omitempty"`
 	Source PodSource `json:"source"`
 	// Confirmed is set once the runtime has listed the sandbox as ready;
 	// an unconfirmed record may belong to a sandbox still being created.
@@ -102,6 +105,7 @@ const (
 	podNoRedirect = 1 << iota
 	podConfirmed
 	podNoXDP
+	podGROSet
 )
 
 func putString(dst []byte, field, s string) error {
@@ -161,6 +165,9 @@ func encodePod(p Pod) (podKey, podValue, error) {
 	if p.NoXDP {
 		v.Flags |= podNoXDP
 	}
+	if p.GROSet {
+		v.Flags |= podGROSet
+	}
 	if !p.Created.IsZero() {
 		v.Created = p.Created.UnixNano()
 	}
@@ -179,6 +186,7 @@ func decodePod(k podKey, v podValue) Pod {
 		NoRedirect:  v.Flags&podNoRedirect != 0,
 		Confirmed:   v.Flags&podConfirmed != 0,
 		NoXDP:       v.Flags&podNoXDP != 0,
+		GROSet:      v.Flags&podGROSet != 0,
 	}
 	if v.Created != 0 {
 		p.Created = time.Unix(0, v.Created)

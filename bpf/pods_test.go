@@ -23,6 +23,7 @@ func TestPodRecordRoundTrip(t *testing.T) {
 		Cgroups:     []uint64{1234, 5678},
 		NoRedirect:  true,
 		NoXDP:       true,
+		GROSet:      true,
 		Source:      PodFromCNI | PodFromRuntime,
 		Confirmed:   true,
 		Created:     time.Unix(1700000000, 123),

@@ -12,9 +12,16 @@ import (
 // at nsPath. On the pod end of a veth pair this puts its receive side in
 // NAPI mode, without which the kernel drops frames an XDP program
 // redirects into the pair's host end.
-func EnableGRO(nsPath, ifname string) error {
-	if err := setFeature(nsPath, ifname, unix.ETHTOOL_SGRO, 1); err != nil {
-		return fmt.Errorf("enable GRO on %s in %s: %w", ifname, nsPath, err)
+func EnableGRO(nsPath, ifname string) error { return SetGRO(nsPath, ifname, true) }
+
+// SetGRO turns GRO on or off for ifname inside the namespace at nsPath.
+func SetGRO(nsPath, ifname string, on bool) error {
+	var v uint32
+	if on {
+		v = 1
+	}
+	if err := setFeature(nsPath, ifname, unix.ETHTOOL_SGRO, v); err != nil {
+		return fmt.Errorf("set GRO of %s in %s to %v: %w", ifname, nsPath, on, err)
 	}
 	return nil
 }

@@ -81,7 +81,11 @@ func Register(dp *bpf.Datapath, p bpf.Pod) (bpf.Pod, error) {
 		return p, fmt.Errorf("register pod %s: %w", p, err)
 	}
 	if xdpActive(dp) {
-		if err := PrepareXDP(dp, p); err != nil {
+		prepare := PrepareXDP
+		if p.NoXDP {
+			prepare = UnprepareXDP
+		}
+		if err := prepare(dp, p); err != nil {
 			return p, fmt.Errorf("register: %w", err)
 		}
 	}

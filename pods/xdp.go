@@ -126,7 +126,9 @@ func SetHostPorts(dp *bpf.Datapath, id string, mappings []HostPort) error {
 // reply program on its host veth (replies of flows XDP delivered leave the
 // same way, past netfilter, translated back for hostPorts), and GRO on its
 // own interface, without which the kernel drops what XDP redirects into
-// the veth. A pod whose veth is unknown is left to the normal path.
+// the veth. Patu notes in the record when it turned GRO on, so that
+// UnprepareXDP can turn it off again. A pod whose veth is unknown is left
+// to the normal path.
 func PrepareXDP(dp *bpf.Datapath, p bpf.Pod) error {
 	if p.HostIfindex == 0 || p.NoXDP || len(p.IPs) == 0 || p.Netns == "" {
 		return nil
@@ -138,15 +140,53 @@ func PrepareXDP(dp *bpf.Datapath, p bpf.Pod) error {
 	if err != nil {
 		return fmt.Errorf("pod %s: %w", p, err)
 	}
+	on, err := netns.GROEnabled(p.Netns, pair.PodName)
+	if err != nil || on {
+		return err
+	}
 	if err := netns.EnableGRO(p.Netns, pair.PodName); err != nil {
 		return fmt.Errorf("pod %s: %w", p, err)
+	}
+	return setGROSet(dp, p.ID, true)
+}
+
+// UnprepareXDP undoes PrepareXDP for one pod: its reply program goes
+// unless another record holds the veth, and GRO goes back off if Patu
+// turned it on.
+func UnprepareXDP(dp *bpf.Datapath, p bpf.Pod) error {
+	var errs []error
+	if p.HostIfindex != 0 && !vethHeldByOthers(dp, p) {
+		errs = append(errs, dp.DetachReply(p.HostIfindex))
+	}
+	if p.GROSet {
+		if pair, err := veth.Find(p.Netns, p.IPs[0]); err != nil {
+			errs = append(errs, fmt.Errorf("pod %s: %w", p, err))
+		} else if err := netns.SetGRO(p.Netns, pair.PodName, false); err != nil {
+			errs = append(errs, fmt.Errorf("pod %s: %w", p, err))
+		} else {
+			errs = append(errs, setGROSet(dp, p.ID, false))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// setGROSet records whether Patu turned the pod's GRO on; a record deleted
+// meanwhile stays deleted.
+func setGROSet(dp *bpf.Datapath, id string, on bool) error {
+	p, err := dp.LookupPod(id)
+	if err != nil {
+		return err
+	}
+	p.GROSet = on
+	if err := dp.PutPod(p, bpf.PodReplace); err != nil && !errors.Is(err, bpf.ErrPodNotFound) {
+		return err
 	}
 	return nil
 }
 
 // SyncXDP prepares every recorded pod for the XDP path when an uplink has
-// it, and removes the reply programs when none has: run at attach, detach
-// and daemon start.
+// it, and unprepares them when none has (and opted-out ones always): run
+// at attach, detach and daemon start.
 func SyncXDP(dp *bpf.Datapath) error {
 	ups, err := dp.XDPUplinks()
 	if err != nil {
@@ -158,22 +198,11 @@ func SyncXDP(dp *bpf.Datapath) error {
 	}
 	var errs []error
 	for _, p := range all {
-		if len(ups) == 0 {
-			if p.HostIfindex != 0 {
-				if err := dp.DetachReply(p.HostIfindex); err != nil {
-					errs = append(errs, err)
-				}
-			}
+		if len(ups) == 0 || p.NoXDP {
+			errs = append(errs, UnprepareXDP(dp, p))
 			continue
 		}
-		if p.NoXDP && p.HostIfindex != 0 {
-			if err := dp.DetachReply(p.HostIfindex); err != nil {
-				errs = append(errs, err)
-			}
-		}
-		if err := PrepareXDP(dp, p); err != nil {
-			errs = append(errs, err)
-		}
+		errs = append(errs, PrepareXDP(dp, p))
 	}
 	return errors.Join(errs...)
 }

@@ -49,6 +49,11 @@ func TestXDPLifecycle(t *testing.T) {
 		return on
 	}
 
+	// veth pairs start with GRO off; Patu turns it on for the XDP path
+	// and back off when that path goes.
+	if gro(0) || gro(1) {
+		t.Fatal("GRO already on: the test cannot tell what Patu changed")
+	}
 	var p0 bpf.Pod
 	inNode(func() (err error) { p0, err = Register(dp, record(0, false)); return err })
 	routes, err := dp.XDPRoutes()
@@ -89,9 +94,12 @@ func TestXDPLifecycle(t *testing.T) {
 		t.Errorf("hostPorts %+v, want 8080 for each of p1's families", hps)
 	}
 
-	// p1 opts out: its routes say so and its reply program goes.
+	// p1 opts out: its routes say so, its reply program goes and its GRO
+	// is off again.
 	inNode(func() (err error) { p1, err = Register(dp, record(1, true)); return err })
-	inNode(func() error { return SyncXDP(dp) })
+	if gro(1) {
+		t.Error("opted-out pod keeps the GRO Patu turned on")
+	}
 	routes, _ = dp.XDPRoutes()
 	for _, r := range routes {
 		if slices.Contains(p1.IPs, r.IP) != r.Excluded {
@@ -126,6 +134,12 @@ func TestXDPLifecycle(t *testing.T) {
 		}
 		return nil
 	})
+	if gro(0) {
+		t.Error("GRO left on after the last uplink was detached")
+	}
+	if r, _ := dp.LookupPod(p0.ID); r.GROSet {
+		t.Errorf("record still says Patu set GRO: %+v", r)
+	}
 	inNode(func() error { _, err := Unregister(dp, p0.ID); return err })
 	if routes, _ := dp.XDPRoutes(); len(routes) != 0 {
 		t.Errorf("routes left: %+v", routes)

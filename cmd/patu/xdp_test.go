@@ -114,4 +114,7 @@ func TestXDPCommands(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	if on, err := netns.GROEnabled(p.NetnsPath, p.PodVeth); err != nil || on {
+		t.Errorf("pod's GRO after the last detach: %v, %v (want off again)", on, err)
+	}
 }
