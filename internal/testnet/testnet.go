@@ -355,21 +355,7 @@ func (n *Net) plug(p *Pod, hostVeth string) error {
 
 // addAddrs gives link the IPv4 and IPv6 address of p, with DAD off.
 func addAddrs(h *netlink.Handle, link netlink.Link, p *Pod, cfg Config) error {
-	for _, a := range []netip.Prefix{
-		netip.PrefixFrom(p.IPv4, cfg.Subnet4.Bits()),
-		netip.PrefixFrom(p.IPv6, cfg.Subnet6.Bits()),
-	} {
-		addr := &netlink.Addr{
-			IPNet: &net.IPNet{IP: a.Addr().AsSlice(), Mask: net.CIDRMask(a.Bits(), a.Addr().BitLen())},
-		}
-		if a.Addr().Is6() {
-			addr.Flags = unix.IFA_F_NODAD
-		}
-		if err := h.AddrAdd(link, addr); err != nil {
-			return fmt.Errorf("add address %s: %w", a, err)
-		}
-	}
-	return nil
+	return addPrefixes(h, link, netip.PrefixFrom(p.IPv4, cfg.Subnet4.Bits()), netip.PrefixFrom(p.IPv6, cfg.Subnet6.Bits()))
 }
 
 // waitUsable waits until every veth and the bridge are operationally up
