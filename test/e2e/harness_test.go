@@ -41,6 +41,14 @@ func runMain(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "e2e tests need root (containerd, netns, cgroups, BPF); run as root or set PATU_SKIP_PRIVILEGED=1 to skip them")
 		return 1
 	}
+	// A killed run leaves its binaries behind. Its labs (fixed prefixes)
+	// could not run beside this one either, so every earlier directory
+	// is stale.
+	if old, err := filepath.Glob(filepath.Join(os.TempDir(), "patu-e2e-*")); err == nil {
+		for _, d := range old {
+			os.RemoveAll(d)
+		}
+	}
 	dir, err := os.MkdirTemp("", "patu-e2e-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
