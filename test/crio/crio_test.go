@@ -189,7 +189,10 @@ func testHooks(t *testing.T, l *lab) {
 		}
 	}
 	c0 := d.counters()
-	res := d.client(ctx, l, b, "--connect", net.JoinHostPort(a.ip, "8080"), "--mode", "stream", "--bytes", strconv.Itoa(32<<20))
+	// Paced as in the other suites: a writer that never pauses outruns
+	// the reader on a loaded VM, and backpressure sends the rest over TCP.
+	res := d.client(ctx, l, b, "--connect", net.JoinHostPort(a.ip, "8080"), "--mode", "stream", "--bytes", strconv.Itoa(32<<20),
+		"--pause-max", "20us")
 	red := d.counters().RedirectBytes - c0.RedirectBytes
 	t.Logf("%d bytes sent, %d redirected", res.Bytes, red)
 	if red < uint64(res.Bytes)*9/10 {
@@ -245,7 +248,9 @@ func testDaemon(t *testing.T, l *lab) {
 
 	t.Run("redirect", func(t *testing.T) {
 		c0 := d.counters()
-		res := d.client(ctx, l, b, "--connect", net.JoinHostPort(a.ip, "8080"), "--mode", "stream", "--bytes", strconv.Itoa(32<<20))
+		// Paced, as above.
+		res := d.client(ctx, l, b, "--connect", net.JoinHostPort(a.ip, "8080"), "--mode", "stream", "--bytes", strconv.Itoa(32<<20),
+			"--pause-max", "20us")
 		red := d.counters().RedirectBytes - c0.RedirectBytes
 		t.Logf("%d bytes sent, %d redirected", res.Bytes, red)
 		if red < uint64(res.Bytes)*9/10 {
