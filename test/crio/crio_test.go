@@ -196,7 +196,7 @@ func testHooks(t *testing.T, l *lab) {
 	red := d.counters().RedirectBytes - c0.RedirectBytes
 	t.Logf("%d bytes sent, %d redirected", res.Bytes, red)
 	if red < uint64(res.Bytes)*9/10 {
-		t.Errorf("redirected %d bytes of %d", red, res.Bytes)
+		t.Errorf("redirected %d bytes of %d; TCP fallback totals by reason: %+v", red, res.Bytes, d.counters().Fallback)
 	}
 	// poststop runs when CRI-O deletes the container in runc.
 	l.removePod(t, ctx, b)
@@ -254,7 +254,7 @@ func testDaemon(t *testing.T, l *lab) {
 		red := d.counters().RedirectBytes - c0.RedirectBytes
 		t.Logf("%d bytes sent, %d redirected", res.Bytes, red)
 		if red < uint64(res.Bytes)*9/10 {
-			t.Errorf("redirected %d bytes of %d", red, res.Bytes)
+			t.Errorf("redirected %d bytes of %d; TCP fallback totals by reason: %+v", red, res.Bytes, d.counters().Fallback)
 		}
 	})
 
