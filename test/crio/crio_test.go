@@ -188,6 +188,7 @@ func testHooks(t *testing.T, l *lab) {
 			t.Fatalf("pod %s: hook record %+v: want source hook, 1 cgroup, IP %s", p.name, rec, p.ip)
 		}
 	}
+	waitListening(t, ctx, l, b, net.JoinHostPort(a.ip, "8080"))
 	c0 := d.counters()
 	// Paced as in the other suites: a writer that never pauses outruns
 	// the reader on a loaded VM, and backpressure sends the rest over TCP.
@@ -247,6 +248,7 @@ func testDaemon(t *testing.T, l *lab) {
 	}
 
 	t.Run("redirect", func(t *testing.T) {
+		waitListening(t, ctx, l, b, net.JoinHostPort(a.ip, "8080"))
 		c0 := d.counters()
 		// Paced, as above.
 		res := d.client(ctx, l, b, "--connect", net.JoinHostPort(a.ip, "8080"), "--mode", "stream", "--bytes", strconv.Itoa(32<<20),
@@ -265,6 +267,8 @@ func testDaemon(t *testing.T, l *lab) {
 		if !rec.NoRedirect || len(rec.Cgroups) != 0 {
 			t.Fatalf("opted-out pod %+v: want NoRedirect and no cgroups", rec)
 		}
+		// Its record comes with the sandbox, before its server listens.
+		waitListening(t, ctx, l, b, net.JoinHostPort(c.ip, "8080"))
 		c0 := d.counters()
 		d.client(ctx, l, b, "--connect", net.JoinHostPort(c.ip, "8080"), "--mode", "stream", "--bytes", strconv.Itoa(4<<20))
 		if red := d.counters().RedirectBytes - c0.RedirectBytes; red != 0 {
@@ -465,6 +469,24 @@ func (d *daemon) client(ctx context.Context, l *lab, from *pod, args ...string) 
 		d.t.Fatalf("client in %s: exit %d, result %+v (%v)\nstderr: %s", from.name, code, res, perr, logtail.Lines(stderr, 20))
 	}
 	return res
+}
+
+// waitListening waits until a connection from pod from to addr succeeds.
+func waitListening(t *testing.T, ctx context.Context, l *lab, from *pod, addr string) {
+	t.Helper()
+	var last string
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		stdout, stderr, code, err := l.exec(ctx, from.ctr, 10*time.Second,
+			"/bin/patu-testpeer", "client", "--connect", addr, "--mode", "stream", "--bytes", "1")
+		if err != nil {
+			t.Fatalf("exec client in %s: %v", from.name, err)
+		}
+		if res, perr := peerresult.Parse(stdout); code == 0 && perr == nil && res.Failed == 0 {
+			return
+		}
+		last = logtail.Lines(append(stdout, stderr...), 5)
+	}
+	t.Fatalf("%s does not accept connections from %s after 15s:\n%s", addr, from.name, last)
 }
 
 // metric returns the value of the sample whose line starts with name.
