@@ -58,7 +58,7 @@ func Register(dp *bpf.Datapath, p bpf.Pod) (bpf.Pod, error) {
 		}
 		var released []netip.Addr
 		for _, ip := range dropped {
-			if held[ip] {
+			if held.ips[ip] {
 				continue
 			}
 			if err := dp.DeleteEndpoint(ip); err != nil && !errors.Is(err, bpf.ErrEndpointNotFound) {
@@ -151,11 +151,13 @@ func Unregister(dp *bpf.Datapath, id string) (bool, error) {
 	}
 	held, err := heldByOthers(dp, p.ID)
 	if err != nil {
+		// Held by nothing, as far as this call knows: keep the record,
+		// below, so that a retry decides again.
 		errs = append(errs, err)
 	}
 	var released []netip.Addr
 	for _, ip := range p.IPs {
-		if held[ip] {
+		if held.ips[ip] {
 			continue
 		}
 		if err := dp.DeleteEndpoint(ip); err != nil && !errors.Is(err, bpf.ErrEndpointNotFound) {
@@ -168,7 +170,7 @@ func Unregister(dp *bpf.Datapath, id string) (bool, error) {
 	}
 	// The containers of a podman pod share one veth: its reply program
 	// goes with the last of their records.
-	if p.HostIfindex != 0 && !vethHeldByOthers(dp, p) {
+	if p.HostIfindex != 0 && err == nil && !held.veths[p.HostIfindex] {
 		if err := dp.DetachReply(p.HostIfindex); err != nil {
 			errs = append(errs, err)
 		}
@@ -183,39 +185,34 @@ func Unregister(dp *bpf.Datapath, id string) (bool, error) {
 	return true, nil
 }
 
-// vethHeldByOthers reports whether another record names p's host veth.
-// On error it says yes: a reply program left attached is harmless, one
-// taken from a live pod breaks its hostPort replies.
-func vethHeldByOthers(dp *bpf.Datapath, p bpf.Pod) bool {
-	all, err := dp.Pods()
-	if err != nil {
-		return true
-	}
-	for _, o := range all {
-		if o.ID != p.ID && o.HostIfindex == p.HostIfindex {
-			return true
-		}
-	}
-	return false
+// holders is what the records other than one hold: addresses, and host
+// veths (the containers of a podman pod share one).
+type holders struct {
+	ips   map[netip.Addr]bool
+	veths map[uint32]bool
 }
 
-// heldByOthers returns the addresses that pods other than id hold: an
-// address reused by a new pod must survive the removal of the old one.
-func heldByOthers(dp *bpf.Datapath, id string) (map[netip.Addr]bool, error) {
+// heldByOthers returns what pods other than id hold, from one pass over
+// the records: an address reused by a new pod must survive the removal of
+// the old one, and so must a veth another container still uses.
+func heldByOthers(dp *bpf.Datapath, id string) (holders, error) {
+	h := holders{ips: map[netip.Addr]bool{}, veths: map[uint32]bool{}}
 	all, err := dp.Pods()
 	if err != nil {
-		return nil, err
+		return h, err
 	}
-	held := map[netip.Addr]bool{}
 	for _, o := range all {
 		if o.ID == id {
 			continue
 		}
 		for _, ip := range o.IPs {
-			held[ip] = true
+			h.ips[ip] = true
+		}
+		if o.HostIfindex != 0 {
+			h.veths[o.HostIfindex] = true
 		}
 	}
-	return held, nil
+	return h, nil
 }
 
 // SetCgroups makes dirs the pod's complete set of attached cgroups:

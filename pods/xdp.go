@@ -154,11 +154,19 @@ func PrepareXDP(dp *bpf.Datapath, p bpf.Pod) error {
 // unless another record holds the veth, and GRO goes back off if Patu
 // turned it on.
 func UnprepareXDP(dp *bpf.Datapath, p bpf.Pod) error {
+	held, err := heldByOthers(dp, p.ID)
+	if err != nil {
+		return err
+	}
+	return unprepare(dp, p, held.veths[p.HostIfindex])
+}
+
+func unprepare(dp *bpf.Datapath, p bpf.Pod, vethShared bool) error {
 	var errs []error
-	if p.HostIfindex != 0 && !vethHeldByOthers(dp, p) {
+	if p.HostIfindex != 0 && !vethShared {
 		errs = append(errs, dp.DetachReply(p.HostIfindex))
 	}
-	if p.GROSet {
+	if p.GROSet && p.Netns != "" && len(p.IPs) > 0 {
 		if pair, err := veth.Find(p.Netns, p.IPs[0]); err != nil {
 			errs = append(errs, fmt.Errorf("pod %s: %w", p, err))
 		} else if err := netns.SetGRO(p.Netns, pair.PodName, false); err != nil {
@@ -196,10 +204,18 @@ func SyncXDP(dp *bpf.Datapath) error {
 	if err != nil {
 		return err
 	}
+	// One pass over the records says which veths several of them hold
+	// (a podman pod's containers share one) and which of those any
+	// record wants on the XDP path.
+	holders, wanted := map[uint32]int{}, map[uint32]bool{}
+	for _, p := range all {
+		holders[p.HostIfindex]++
+		wanted[p.HostIfindex] = wanted[p.HostIfindex] || (len(ups) > 0 && !p.NoXDP)
+	}
 	var errs []error
 	for _, p := range all {
 		if len(ups) == 0 || p.NoXDP {
-			errs = append(errs, UnprepareXDP(dp, p))
+			errs = append(errs, unprepare(dp, p, holders[p.HostIfindex] > 1 && wanted[p.HostIfindex]))
 			continue
 		}
 		errs = append(errs, PrepareXDP(dp, p))
