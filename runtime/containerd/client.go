@@ -5,8 +5,17 @@ import (
 	"fmt"
 	"time"
 
+	containersapi "github.com/containerd/containerd/api/services/containers/v1"
+	eventsapi "github.com/containerd/containerd/api/services/events/v1"
+	versionapi "github.com/containerd/containerd/api/services/version/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/emptypb"
+
 	"github.com/patu-dev/patu/runtime"
-	"github.com/patu-dev/patu/runtime/internal/grpcunix"
+	"github.com/patu-dev/patu/runtime/internal/grpcdial"
 )
 
 // DefaultNamespace is the containerd namespace of Kubernetes' containers:
@@ -14,15 +23,9 @@ import (
 const DefaultNamespace = "k8s.io"
 
 // namespaceKey is the gRPC metadata key containerd reads the namespace of
-// a namespaced call from.
+// a namespaced call from (containerd's pkg/namespaces; that package lives
+// in containerd's main module, which Patu does not link).
 const namespaceKey = "containerd-namespace"
-
-// gRPC method names, from the api module's service definitions.
-const (
-	methodVersion      = "/containerd.services.version.v1.Version/Version"
-	methodSubscribe    = "/containerd.services.events.v1.Events/Subscribe"
-	methodGetContainer = "/containerd.services.containers.v1.Containers/Get"
-)
 
 // dialTimeout bounds Dial's Version call when the caller's context has no
 // deadline; callTimeout bounds each Containers.Get made while watching.
@@ -34,10 +37,13 @@ const (
 // Client is a connection to containerd's API. It is safe for concurrent
 // use.
 type Client struct {
-	conn     *grpcunix.Conn
-	ns       string
-	version  string
-	revision string
+	conn       *grpc.ClientConn
+	events     eventsapi.EventsClient
+	containers containersapi.ContainersClient
+	path       string
+	ns         string
+	version    string
+	revision   string
 }
 
 // Dial connects to containerd at endpoint, "unix:///run/containerd/containerd.sock"
@@ -53,7 +59,17 @@ func Dial(ctx context.Context, endpoint, namespace string) (*Client, error) {
 	}
 	// Every call carries the namespace: Containers.Get needs it, and it
 	// costs nothing on the others.
-	conn, err := grpcunix.Dial(endpoint, map[string]string{namespaceKey: namespace})
+	withNS := func(ctx context.Context) context.Context {
+		return metadata.AppendToOutgoingContext(ctx, namespaceKey, namespace)
+	}
+	conn, path, err := grpcdial.Dial(endpoint,
+		grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+			return invoker(withNS(ctx), method, req, reply, cc, opts...)
+		}),
+		grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+			return streamer(withNS(ctx), desc, cc, method, opts...)
+		}),
+	)
 	if err != nil {
 		return nil, fmt.Errorf("containerd: %w", err)
 	}
@@ -62,23 +78,24 @@ func Dial(ctx context.Context, endpoint, namespace string) (*Client, error) {
 		ctx, cancel = context.WithTimeout(ctx, dialTimeout)
 		defer cancel()
 	}
-	// The request is google.protobuf.Empty: no bytes.
-	resp, err := conn.Invoke(ctx, methodVersion, nil)
+	v, err := versionapi.NewVersionClient(conn).Version(ctx, &emptypb.Empty{})
 	if err != nil {
 		conn.Close()
-		if grpcunix.IsUnimplemented(err) {
+		if status.Code(err) == codes.Unimplemented {
 			return nil, fmt.Errorf("containerd version at %s: not a containerd socket: %w: %w",
-				conn.Path(), runtime.ErrUnsupported, err)
+				path, runtime.ErrUnsupported, err)
 		}
-		return nil, fmt.Errorf("containerd version at %s: %w", conn.Path(), err)
+		return nil, fmt.Errorf("containerd version at %s: %w", path, err)
 	}
-	c := &Client{conn: conn, ns: namespace}
-	c.version, c.revision, err = decodeVersionResponse(resp)
-	if err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("containerd version at %s: %w", conn.Path(), err)
-	}
-	return c, nil
+	return &Client{
+		conn:       conn,
+		events:     eventsapi.NewEventsClient(conn),
+		containers: containersapi.NewContainersClient(conn),
+		path:       path,
+		ns:         namespace,
+		version:    v.GetVersion(),
+		revision:   v.GetRevision(),
+	}, nil
 }
 
 // Close closes the connection. A running WatchEvents fails.
@@ -99,5 +116,5 @@ func (c *Client) Namespace() string {
 
 // Endpoint returns the absolute path of the socket the client talks to.
 func (c *Client) Endpoint() string {
-	return c.conn.Path()
+	return c.path
 }

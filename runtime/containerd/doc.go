@@ -4,15 +4,16 @@
 // subscriber, see runtime/cri). It reports task and container life-cycle
 // events of one containerd namespace (k8s.io by default) as runtime.Events.
 //
-// The package speaks containerd's gRPC API through runtime/internal/grpcunix
-// and encodes the handful of messages it needs by hand (wire.go): the
-// Events, Containers and Version services and the task/container event
-// payloads. The generated packages of github.com/containerd/containerd/api
-// would pull in grpc-go, ttrpc, typeurl, image-spec and logrus for a few
-// fields. The field numbers are those of the api module's .proto files; the
-// tests decode envelopes produced by the api module's own generated code
-// and typeurl (testdata/gen) and by real containerd 1.6.20 and 2.4.2, served
-// by a grpc-go server.
+// The package uses containerd's own API module,
+// github.com/containerd/containerd/api: the generated Events, Containers and
+// Version clients over google.golang.org/grpc (runtime/internal/grpcdial),
+// and typeurl to unpack the event payloads of each envelope. It does not
+// link containerd's client package, which would bring the whole containerd
+// module for the same three calls. The API has not changed on the wire since
+// containerd 1.0, so one client serves 1.6, 1.7 and 2.x; the tests replay
+// envelopes recorded from real containerd 1.6.20 and 2.4.2 and serve
+// fixtures written by the api module's own code (testdata/gen) over a real
+// gRPC server.
 //
 // An event names only a container id. Whether that id is a pod sandbox or
 // an application container is in the container record's labels

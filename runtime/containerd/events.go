@@ -5,9 +5,17 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"time"
+
+	"github.com/containerd/containerd/api/events"
+	containersapi "github.com/containerd/containerd/api/services/containers/v1"
+	eventsapi "github.com/containerd/containerd/api/services/events/v1"
+	"github.com/containerd/containerd/api/types"
+	"github.com/containerd/typeurl/v2"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/patu-dev/patu/runtime"
-	"github.com/patu-dev/patu/runtime/internal/grpcunix"
 )
 
 // Topics the client subscribes to. /containers/create is left out: a task
@@ -62,20 +70,17 @@ func (c *Client) filters() []string {
 // stream. fn runs on the receiving goroutine, so it should hand work off
 // rather than block.
 func (c *Client) WatchEvents(ctx context.Context, fn func(runtime.Event)) error {
-	stream, err := c.conn.NewStream(ctx, methodSubscribe, subscribeRequest(c.filters()))
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // ends the stream when fn's caller stops reading
+	stream, err := c.events.Subscribe(ctx, &eventsapi.SubscribeRequest{Filters: c.filters()})
 	if err != nil {
 		return streamErr(ctx, err)
 	}
-	defer stream.Close()
 	cl := classifier{get: c.getRecord, known: make(map[string]object)}
 	for {
-		msg, err := stream.Recv()
+		env, err := stream.Recv()
 		if err != nil {
 			return streamErr(ctx, err)
-		}
-		env, err := decodeEnvelope(msg)
-		if err != nil {
-			continue
 		}
 		if ev, ok := c.toEvent(ctx, &cl, env); ok {
 			fn(ev)
@@ -84,54 +89,90 @@ func (c *Client) WatchEvents(ctx context.Context, fn func(runtime.Event)) error 
 }
 
 func streamErr(ctx context.Context, err error) error {
-	return runtime.StreamError(ctx, "containerd events", "containerd", err, grpcunix.IsUnimplemented(err))
+	return runtime.StreamError(ctx, "containerd events", "containerd", err, status.Code(err) == codes.Unimplemented)
 }
 
 // toEvent turns an envelope into an Event; ok is false for envelopes that
 // are not reported (other namespaces or topics, exec processes, non-CRI
-// containers, undecodable payloads).
-func (c *Client) toEvent(ctx context.Context, cl *classifier, env envelope) (ev runtime.Event, ok bool) {
+// containers, payloads that do not decode).
+func (c *Client) toEvent(ctx context.Context, cl *classifier, env *types.Envelope) (ev runtime.Event, ok bool) {
 	// The filter already asks for the namespace; checking again keeps a
 	// server that ignores filters from leaking other namespaces in.
-	if env.Namespace != c.ns {
+	if env.GetNamespace() != c.ns {
 		return runtime.Event{}, false
 	}
-	var action runtime.EventKind
-	name := eventType(env.TypeURL)
-	switch {
-	case env.Topic == "/tasks/create" && name == typeTaskCreate:
-		action = runtime.Created
-	case env.Topic == "/tasks/start" && name == typeTaskStart:
-		action = runtime.Started
-	case env.Topic == "/tasks/exit" && name == typeTaskExit,
-		env.Topic == "/tasks/delete" && name == typeTaskDelete:
-		action = runtime.Stopped
-	case env.Topic == "/containers/delete" && name == typeContainerDelete:
-		action = runtime.Deleted
+	// The api module's event types register themselves with protobuf's
+	// registry, which typeurl consults; an event type it does not know
+	// (a newer containerd's) fails here and is skipped.
+	payload, err := typeurl.UnmarshalAny(env.GetEvent())
+	if err != nil {
+		return runtime.Event{}, false
+	}
+	var (
+		action      runtime.EventKind
+		containerID string
+		execID      string // "" or containerID for the init process
+		pid         uint32
+	)
+	switch p := payload.(type) {
+	case *events.TaskCreate:
+		action, containerID, pid = runtime.Created, p.GetContainerID(), p.GetPid()
+	case *events.TaskStart:
+		action, containerID, pid = runtime.Started, p.GetContainerID(), p.GetPid()
+	case *events.TaskExit:
+		action, containerID, execID, pid = runtime.Stopped, p.GetContainerID(), p.GetID(), p.GetPid()
+	case *events.TaskDelete:
+		action, containerID, execID, pid = runtime.Stopped, p.GetContainerID(), p.GetID(), p.GetPid()
+	case *events.ContainerDelete:
+		action, containerID = runtime.Deleted, p.GetID()
 	default:
 		return runtime.Event{}, false
 	}
-	p, err := decodePayload(name, env.Value)
-	if err != nil || p.ContainerID == "" {
+	if !topicOf(env.GetTopic(), action) || containerID == "" {
 		return runtime.Event{}, false
 	}
 	// TaskExit.id is the exec id, equal to container_id for the init
 	// process; TaskDelete.id is empty for the init process.
-	if p.ExecID != "" && p.ExecID != p.ContainerID {
+	if execID != "" && execID != containerID {
 		return runtime.Event{}, false
 	}
-	obj := cl.classify(ctx, p.ContainerID, action == runtime.Deleted)
+	obj := cl.classify(ctx, containerID, action == runtime.Deleted)
 	if obj.notCRI {
 		return runtime.Event{}, false
 	}
 	return runtime.Event{
 		Kind:      action | obj.kind,
-		ID:        p.ContainerID,
+		ID:        containerID,
 		SandboxID: obj.sandboxID,
-		Pid:       int(p.Pid),
-		Time:      env.Timestamp,
+		Pid:       int(pid),
+		Time:      envelopeTime(env),
 		Source:    runtime.SourceContainerd,
 	}, true
+}
+
+// envelopeTime is when containerd says the event happened; zero when the
+// envelope carries no time (AsTime would give 1970).
+func envelopeTime(env *types.Envelope) time.Time {
+	if env.GetTimestamp() == nil {
+		return time.Time{}
+	}
+	return env.GetTimestamp().AsTime()
+}
+
+// topicOf reports whether topic is one containerd publishes an event of
+// this action on: a payload under another topic is not what it seems.
+func topicOf(topic string, action runtime.EventKind) bool {
+	switch action {
+	case runtime.Created:
+		return topic == "/tasks/create"
+	case runtime.Started:
+		return topic == "/tasks/start"
+	case runtime.Stopped:
+		return topic == "/tasks/exit" || topic == "/tasks/delete"
+	case runtime.Deleted:
+		return topic == "/containers/delete"
+	}
+	return false
 }
 
 // object is what the client knows of a container id.
@@ -144,7 +185,7 @@ type object struct {
 // classifier remembers, for one subscription, which ids are sandboxes and
 // which are containers, asking containerd the first time it sees an id.
 type classifier struct {
-	get   func(ctx context.Context, id string) (record, error)
+	get   func(ctx context.Context, id string) (*containersapi.Container, error)
 	known map[string]object
 }
 
@@ -174,14 +215,14 @@ func (cl *classifier) classify(ctx context.Context, id string, gone bool) object
 	return obj
 }
 
-func classifyRecord(id string, r record) object {
-	switch r.Labels[labelKind] {
+func classifyRecord(id string, r *containersapi.Container) object {
+	switch r.GetLabels()[labelKind] {
 	case kindSandbox:
 		return object{kind: runtime.OnSandbox, sandboxID: id}
 	case kindContainer:
 		sb := specAnnotation(r, annotationSandboxID)
 		if sb == "" {
-			sb = r.Sandbox
+			sb = r.GetSandbox()
 		}
 		return object{kind: runtime.OnContainer, sandboxID: sb}
 	}
@@ -190,26 +231,27 @@ func classifyRecord(id string, r record) object {
 
 // specAnnotation reads an annotation from the record's OCI spec, which
 // containerd stores as an Any holding JSON.
-func specAnnotation(r record, key string) string {
-	if len(r.Spec) == 0 {
+func specAnnotation(r *containersapi.Container, key string) string {
+	raw := r.GetSpec().GetValue()
+	if len(raw) == 0 {
 		return ""
 	}
 	var spec struct {
 		Annotations map[string]string `json:"annotations"`
 	}
-	if err := json.Unmarshal(r.Spec, &spec); err != nil {
+	if err := json.Unmarshal(raw, &spec); err != nil {
 		return ""
 	}
 	return spec.Annotations[key]
 }
 
 // getRecord fetches a container record.
-func (c *Client) getRecord(ctx context.Context, id string) (record, error) {
+func (c *Client) getRecord(ctx context.Context, id string) (*containersapi.Container, error) {
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
-	resp, err := c.conn.Invoke(ctx, methodGetContainer, getContainerRequest(id))
+	resp, err := c.containers.Get(ctx, &containersapi.GetContainerRequest{ID: id})
 	if err != nil {
-		return record{}, fmt.Errorf("containerd get container %s: %w", id, err)
+		return nil, fmt.Errorf("containerd get container %s: %w", id, err)
 	}
-	return decodeGetContainerResponse(resp)
+	return resp.GetContainer(), nil
 }

@@ -8,7 +8,9 @@ import (
 	"testing"
 	"time"
 
+	eventsapi "github.com/containerd/containerd/api/services/events/v1"
 	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/patu-dev/patu/runtime"
 )
@@ -63,17 +65,21 @@ func TestLive(t *testing.T) {
 }
 
 func dumpEnvelopes(ctx context.Context, t *testing.T, c *Client, file string) {
-	stream, err := c.conn.NewStream(ctx, methodSubscribe, subscribeRequest([]string{`namespace=="` + c.ns + `"`}))
+	stream, err := c.events.Subscribe(ctx, &eventsapi.SubscribeRequest{Filters: []string{`namespace=="` + c.ns + `"`}})
 	if err != nil {
 		t.Errorf("dump subscribe: %v", err)
 		return
 	}
-	defer stream.Close()
 	var out []byte
 	for {
-		msg, err := stream.Recv()
+		env, err := stream.Recv()
 		if err != nil {
 			break
+		}
+		msg, err := proto.Marshal(env)
+		if err != nil {
+			t.Errorf("dump: %v", err)
+			return
 		}
 		out = protowire.AppendBytes(out, msg)
 	}

@@ -7,8 +7,13 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
 	"github.com/patu-dev/patu/runtime"
-	"github.com/patu-dev/patu/runtime/internal/grpcunix"
+	"github.com/patu-dev/patu/runtime/internal/grpcdial"
 )
 
 // dialTimeout bounds the Version call of Dial when the caller's context has
@@ -17,9 +22,12 @@ import (
 const dialTimeout = 10 * time.Second
 
 // Client is a connection to a CRI runtime service. It is safe for
-// concurrent use.
+// concurrent use. The connection survives runtime restarts: calls fail
+// while the runtime is away and work again once it is back.
 type Client struct {
-	conn    *grpcunix.Conn
+	conn    *grpc.ClientConn
+	rs      runtimeapi.RuntimeServiceClient
+	path    string
 	name    string
 	version string
 }
@@ -29,7 +37,7 @@ type Client struct {
 // A socket without a CRI v1 runtime service (containerd with its CRI plugin
 // disabled, say) gives an error wrapping runtime.ErrUnsupported.
 func Dial(ctx context.Context, endpoint string) (*Client, error) {
-	conn, err := grpcunix.Dial(endpoint, nil)
+	conn, path, err := grpcdial.Dial(endpoint)
 	if err != nil {
 		return nil, fmt.Errorf("cri: %w", err)
 	}
@@ -38,20 +46,17 @@ func Dial(ctx context.Context, endpoint string) (*Client, error) {
 		ctx, cancel = context.WithTimeout(ctx, dialTimeout)
 		defer cancel()
 	}
-	resp, err := conn.Invoke(ctx, methodVersion, versionRequest())
+	c := &Client{conn: conn, rs: runtimeapi.NewRuntimeServiceClient(conn), path: path}
+	v, err := c.rs.Version(ctx, &runtimeapi.VersionRequest{})
 	if err != nil {
 		conn.Close()
-		if grpcunix.IsUnimplemented(err) {
-			return nil, fmt.Errorf("cri version at %s: no CRI v1 runtime service: %w: %w", conn.Path(), runtime.ErrUnsupported, err)
+		if status.Code(err) == codes.Unimplemented {
+			return nil, fmt.Errorf("cri version at %s: no CRI v1 runtime service: %w: %w", path, runtime.ErrUnsupported, err)
 		}
-		return nil, fmt.Errorf("cri version at %s: %w", conn.Path(), err)
+		return nil, fmt.Errorf("cri version at %s: %w", path, err)
 	}
-	v, err := decodeVersionResponse(resp)
-	if err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("cri version at %s: %w", conn.Path(), err)
-	}
-	return &Client{conn: conn, name: v.RuntimeName, version: v.RuntimeVersion}, nil
+	c.name, c.version = v.GetRuntimeName(), v.GetRuntimeVersion()
+	return c, nil
 }
 
 // Close closes the connection. Calls in flight fail, and so does a running
@@ -81,7 +86,7 @@ func legacyContainerd(name, version string) bool {
 
 // Endpoint returns the absolute path of the socket the client talks to.
 func (c *Client) Endpoint() string {
-	return c.conn.Path()
+	return c.path
 }
 
 // errNoInfo is returned when a verbose status carries no "info" document,
@@ -91,7 +96,7 @@ var errNoInfo = errors.New("runtime returned no verbose info")
 // notFound adds runtime.ErrNotFound to gRPC's NotFound, so that callers can
 // tell "already gone" (a race with removal, normal) from a failing runtime.
 func notFound(err error) error {
-	if grpcunix.IsNotFound(err) {
+	if status.Code(err) == codes.NotFound {
 		return fmt.Errorf("%w: %w", runtime.ErrNotFound, err)
 	}
 	return err

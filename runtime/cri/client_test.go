@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/patu-dev/patu/runtime"
@@ -156,6 +157,52 @@ func TestSandbox(t *testing.T) {
 	}
 	if _, err := c.Sandbox(context.Background(), "sb-x"); !errors.Is(err, runtime.ErrNotFound) {
 		t.Errorf("unknown sandbox: %v, want ErrNotFound", err)
+	}
+}
+
+// TestRuntimeRestart: a runtime that restarts on the same socket is
+// reached again by the same Client (grpc-go reconnects with its own
+// backoff); while it is away, calls fail instead of hanging.
+func TestRuntimeRestart(t *testing.T) {
+	f := &fakeRuntime{
+		sandboxes:     []*runtimeapi.PodSandbox{{Id: "sb-a", Metadata: &runtimeapi.PodSandboxMetadata{Name: "a"}, State: runtimeapi.PodSandboxState_SANDBOX_NOTREADY}},
+		sandboxStatus: map[string]*runtimeapi.PodSandboxStatus{},
+	}
+	sock, srv := serve(t, f)
+	c := dial(t, sock)
+	if _, err := c.Sandboxes(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	srv.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := c.Sandboxes(ctx); err == nil {
+		t.Fatal("Sandboxes succeeded with the runtime gone")
+	} else if ctx.Err() != nil {
+		t.Fatalf("Sandboxes hung until the deadline with the runtime gone: %v", err)
+	}
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv2 := grpc.NewServer()
+	runtimeapi.RegisterRuntimeServiceServer(srv2, f)
+	go srv2.Serve(l)
+	t.Cleanup(srv2.Stop)
+	// Back within grpc's reconnect backoff (capped at 5 s by grpcdial).
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got, err := c.Sandboxes(context.Background())
+		if err == nil {
+			if len(got) != 1 || got[0].ID != "sb-a" {
+				t.Fatalf("Sandboxes after the restart = %+v", got)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Sandboxes still failing 10 s after the runtime came back: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"time"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
 // ContainerState is the CRI state of a container.
@@ -31,13 +33,13 @@ func (s ContainerState) String() string {
 	return "unknown"
 }
 
-func containerState(s uint64) ContainerState {
+func containerState(s runtimeapi.ContainerState) ContainerState {
 	switch s {
-	case containerCreated:
+	case runtimeapi.ContainerState_CONTAINER_CREATED:
 		return StateCreated
-	case containerRunning:
+	case runtimeapi.ContainerState_CONTAINER_RUNNING:
 		return StateRunning
-	case containerExited:
+	case runtimeapi.ContainerState_CONTAINER_EXITED:
 		return StateExited
 	}
 	return StateUnknown
@@ -54,22 +56,18 @@ type Container struct {
 
 // Containers lists every container, in any state.
 func (c *Client) Containers(ctx context.Context) ([]Container, error) {
-	resp, err := c.conn.Invoke(ctx, methodListContainers, nil)
+	resp, err := c.rs.ListContainers(ctx, &runtimeapi.ListContainersRequest{})
 	if err != nil {
 		return nil, fmt.Errorf("cri list containers: %w", err)
 	}
-	items, err := decodeListContainersResponse(resp)
-	if err != nil {
-		return nil, fmt.Errorf("cri list containers: %w", err)
-	}
-	out := make([]Container, 0, len(items))
-	for _, ct := range items {
+	out := make([]Container, 0, len(resp.GetContainers()))
+	for _, ct := range resp.GetContainers() {
 		out = append(out, Container{
-			ID:        ct.ID,
-			SandboxID: ct.SandboxID,
-			Name:      ct.Name,
-			State:     containerState(ct.State),
-			CreatedAt: nanos(ct.CreatedAt),
+			ID:        ct.GetId(),
+			SandboxID: ct.GetPodSandboxId(),
+			Name:      ct.GetMetadata().GetName(),
+			State:     containerState(ct.GetState()),
+			CreatedAt: nanos(ct.GetCreatedAt()),
 		})
 	}
 	return out, nil
@@ -80,19 +78,15 @@ func (c *Client) Containers(ctx context.Context) ([]Container, error) {
 // container gives an error for which errors.Is(err, runtime.ErrNotFound)
 // holds.
 func (c *Client) ContainerPid(ctx context.Context, id string) (int, error) {
-	resp, err := c.conn.Invoke(ctx, methodContainerStatus, statusRequest(id, true))
+	st, err := c.rs.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: id, Verbose: true})
 	if err != nil {
 		return 0, fmt.Errorf("cri container status %s: %w", id, notFound(err))
 	}
-	st, err := decodeContainerStatusResponse(resp)
-	if err != nil {
-		return 0, fmt.Errorf("cri container status %s: %w", id, err)
-	}
 	// containerd can keep the pid of an exited process in its info.
-	if st.State != containerRunning {
+	if st.GetStatus().GetState() != runtimeapi.ContainerState_CONTAINER_RUNNING {
 		return 0, nil
 	}
-	pid, err := parseContainerPid(st.Info)
+	pid, err := parseContainerPid(st.GetInfo())
 	if err != nil {
 		return 0, fmt.Errorf("cri container %s: %w", id, err)
 	}

@@ -12,11 +12,10 @@
 // CRI-O uses the same "info" key with "pid" and "runtimeSpec", not checked
 // against a real CRI-O yet.
 //
-// The client speaks gRPC through runtime/internal/grpcunix and encodes the
-// CRI messages it needs by hand (wire.go) rather than linking grpc-go and
-// the generated k8s.io/cri-api code, which would add about 5 MiB to the
-// daemon. Its tests run it against a grpc-go server built from that
-// generated code.
+// The client is k8s.io/cri-api's generated RuntimeServiceClient over
+// google.golang.org/grpc (runtime/internal/grpcdial): the same code kubelet
+// uses, so new CRI fields and protocol fixes come with a version bump. Its
+// tests run it against a grpc-go server built from that generated code.
 //
 // Listing does not return IPs, so Sandboxes asks for the status of every
 // ready sandbox: one extra call per pod, which is what kubelet does too.

@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"io"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
 	"github.com/patu-dev/patu/runtime"
-	"github.com/patu-dev/patu/runtime/internal/grpcunix"
 )
 
 // WatchEvents subscribes to the runtime's container events
@@ -30,14 +33,15 @@ import (
 // first 1000 events are kept and later ones dropped. Use
 // runtime/containerd there.
 func (c *Client) WatchEvents(ctx context.Context, fn func(runtime.Event)) error {
-	stream, err := c.conn.NewStream(ctx, methodGetContainerEvents, nil)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // ends the stream when fn's caller stops reading
+	stream, err := c.rs.GetContainerEvents(ctx, &runtimeapi.GetEventsRequest{})
 	if err != nil {
 		return streamErr(ctx, err)
 	}
-	defer stream.Close()
 	got := false
 	for {
-		msg, err := stream.Recv()
+		e, err := stream.Recv()
 		if errors.Is(err, io.EOF) && !got && ctx.Err() == nil {
 			return fmt.Errorf("cri container events: %w: the runtime ended the stream at once, without an event "+
 				"(CRI-O sends events only with enable_pod_events = true in crio.conf)", runtime.ErrUnsupported)
@@ -46,11 +50,6 @@ func (c *Client) WatchEvents(ctx context.Context, fn func(runtime.Event)) error 
 			return streamErr(ctx, err)
 		}
 		got = true
-		e, err := decodeContainerEvent(msg)
-		if err != nil {
-			// One bad message should not cut the trigger stream.
-			continue
-		}
 		if ev, ok := toEvent(e); ok {
 			fn(ev)
 		}
@@ -58,38 +57,38 @@ func (c *Client) WatchEvents(ctx context.Context, fn func(runtime.Event)) error 
 }
 
 func streamErr(ctx context.Context, err error) error {
-	return runtime.StreamError(ctx, "cri container events", "runtime", err, grpcunix.IsUnimplemented(err))
+	return runtime.StreamError(ctx, "cri container events", "runtime", err, status.Code(err) == codes.Unimplemented)
 }
 
 // toEvent converts a CRI event. Sandbox events are the ones whose container
 // id is the sandbox's own id (containerd sends the sandbox status with every
 // event); without a sandbox status the object's kind is unknown.
-func toEvent(e containerEvent) (runtime.Event, bool) {
+func toEvent(e *runtimeapi.ContainerEventResponse) (runtime.Event, bool) {
 	var action runtime.EventKind
-	switch e.Type {
-	case eventCreated:
+	switch e.GetContainerEventType() {
+	case runtimeapi.ContainerEventType_CONTAINER_CREATED_EVENT:
 		action = runtime.Created
-	case eventStarted:
+	case runtimeapi.ContainerEventType_CONTAINER_STARTED_EVENT:
 		action = runtime.Started
-	case eventStopped:
+	case runtimeapi.ContainerEventType_CONTAINER_STOPPED_EVENT:
 		action = runtime.Stopped
-	case eventDeleted:
+	case runtimeapi.ContainerEventType_CONTAINER_DELETED_EVENT:
 		action = runtime.Deleted
 	default:
 		return runtime.Event{}, false
 	}
-	if e.ContainerID == "" {
+	if e.GetContainerId() == "" {
 		return runtime.Event{}, false
 	}
 	ev := runtime.Event{
 		Kind:   action,
-		ID:     e.ContainerID,
-		Time:   nanos(e.CreatedAt),
+		ID:     e.GetContainerId(),
+		Time:   nanos(e.GetCreatedAt()),
 		Source: runtime.SourceCRI,
 	}
-	if e.SandboxID != "" {
-		ev.SandboxID = e.SandboxID
-		if e.SandboxID == ev.ID {
+	if sb := e.GetPodSandboxStatus().GetId(); sb != "" {
+		ev.SandboxID = sb
+		if sb == ev.ID {
 			ev.Kind |= runtime.OnSandbox
 		} else {
 			ev.Kind |= runtime.OnContainer

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
 	"github.com/patu-dev/patu/runtime"
 )
 
@@ -46,7 +48,7 @@ func TestLive(t *testing.T) {
 		if dump != "" {
 			dumpInfo(t, dump, name, version, "sandbox-"+s.Name, func() (map[string]string, error) {
 				st, err := c.sandboxStatus(ctx, s.ID, true)
-				return st.Info, err
+				return st.GetInfo(), err
 			})
 		}
 		info, err := c.SandboxInfo(ctx, s.ID)
@@ -78,12 +80,8 @@ func TestLive(t *testing.T) {
 	for _, ct := range containers {
 		if dump != "" {
 			dumpInfo(t, dump, name, version, "container-"+ct.Name, func() (map[string]string, error) {
-				resp, err := c.conn.Invoke(ctx, methodContainerStatus, statusRequest(ct.ID, true))
-				if err != nil {
-					return nil, err
-				}
-				st, err := decodeContainerStatusResponse(resp)
-				return st.Info, err
+				st, err := c.rs.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: ct.ID, Verbose: true})
+				return st.GetInfo(), err
 			})
 		}
 		pid, err := c.ContainerPid(ctx, ct.ID)

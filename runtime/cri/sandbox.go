@@ -3,13 +3,14 @@ package cri
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"time"
 
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
 	"github.com/patu-dev/patu/runtime"
-	"github.com/patu-dev/patu/runtime/internal/grpcunix"
-	"github.com/patu-dev/patu/runtime/internal/pbwire"
 )
 
 // Sandbox is a pod sandbox as the runtime lists it.
@@ -40,8 +41,7 @@ func (c *Client) Sandboxes(ctx context.Context) ([]Sandbox, error) {
 // Sandbox returns one sandbox, as Sandboxes would list it; a sandbox the
 // runtime does not know gives an error matching runtime.ErrNotFound.
 func (c *Client) Sandbox(ctx context.Context, id string) (Sandbox, error) {
-	// ListPodSandboxRequest{filter = 1: PodSandboxFilter{id = 1}}
-	all, err := c.listSandboxes(ctx, pbwire.AppendBytes(nil, 1, pbwire.AppendString(nil, 1, id)))
+	all, err := c.listSandboxes(ctx, &runtimeapi.PodSandboxFilter{Id: id})
 	if err != nil {
 		return Sandbox{}, err
 	}
@@ -53,63 +53,60 @@ func (c *Client) Sandbox(ctx context.Context, id string) (Sandbox, error) {
 	return Sandbox{}, fmt.Errorf("cri pod sandbox %s: %w", id, runtime.ErrNotFound)
 }
 
-func (c *Client) listSandboxes(ctx context.Context, req []byte) ([]Sandbox, error) {
-	resp, err := c.conn.Invoke(ctx, methodListPodSandbox, req)
+func (c *Client) listSandboxes(ctx context.Context, filter *runtimeapi.PodSandboxFilter) ([]Sandbox, error) {
+	resp, err := c.rs.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{Filter: filter})
 	if err != nil {
 		return nil, fmt.Errorf("cri list pod sandboxes: %w", err)
 	}
-	items, err := decodeListPodSandboxResponse(resp)
-	if err != nil {
-		return nil, fmt.Errorf("cri list pod sandboxes: %w", err)
-	}
-	out := make([]Sandbox, 0, len(items))
-	for _, p := range items {
+	out := make([]Sandbox, 0, len(resp.GetItems()))
+	for _, p := range resp.GetItems() {
 		s := Sandbox{
-			ID:          p.ID,
-			Name:        p.Name,
-			Namespace:   p.Namespace,
-			UID:         p.UID,
-			Ready:       p.State == sandboxReady,
-			Annotations: p.Annotations,
-			Labels:      p.Labels,
-			CreatedAt:   nanos(p.CreatedAt),
+			ID:          p.GetId(),
+			Name:        p.GetMetadata().GetName(),
+			Namespace:   p.GetMetadata().GetNamespace(),
+			UID:         p.GetMetadata().GetUid(),
+			Ready:       p.GetState() == runtimeapi.PodSandboxState_SANDBOX_READY,
+			Annotations: p.GetAnnotations(),
+			Labels:      p.GetLabels(),
+			CreatedAt:   nanos(p.GetCreatedAt()),
 		}
 		if s.Ready {
 			st, err := c.sandboxStatus(ctx, s.ID, false)
-			if grpcunix.IsNotFound(err) {
+			if errors.Is(err, runtime.ErrNotFound) {
 				continue
 			}
 			if err != nil {
 				return nil, err
 			}
-			s.IPs = parseIPs(st.IPs)
+			s.IPs = parseIPs(st.GetStatus().GetNetwork())
 			// The status is newer than the list entry.
-			s.Ready = st.State == sandboxReady
+			s.Ready = st.GetStatus().GetState() == runtimeapi.PodSandboxState_SANDBOX_READY
 		}
 		out = append(out, s)
 	}
 	return out, nil
 }
 
-func (c *Client) sandboxStatus(ctx context.Context, id string, verbose bool) (sandboxStatus, error) {
-	resp, err := c.conn.Invoke(ctx, methodPodSandboxStatus, statusRequest(id, verbose))
+func (c *Client) sandboxStatus(ctx context.Context, id string, verbose bool) (*runtimeapi.PodSandboxStatusResponse, error) {
+	st, err := c.rs.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: id, Verbose: verbose})
 	if err != nil {
-		return sandboxStatus{}, fmt.Errorf("cri pod sandbox status %s: %w", id, notFound(err))
-	}
-	st, err := decodePodSandboxStatusResponse(resp)
-	if err != nil {
-		return sandboxStatus{}, fmt.Errorf("cri pod sandbox status %s: %w", id, err)
+		return nil, fmt.Errorf("cri pod sandbox status %s: %w", id, notFound(err))
 	}
 	return st, nil
 }
 
-// parseIPs keeps the values that parse as IP addresses.
-func parseIPs(ss []string) []netip.Addr {
+// parseIPs returns the network's ip and additional_ips, keeping the values
+// that parse as IP addresses.
+func parseIPs(n *runtimeapi.PodSandboxNetworkStatus) []netip.Addr {
 	var ips []netip.Addr
-	for _, s := range ss {
+	add := func(s string) {
 		if a, err := netip.ParseAddr(s); err == nil {
 			ips = append(ips, a)
 		}
+	}
+	add(n.GetIp())
+	for _, ip := range n.GetAdditionalIps() {
+		add(ip.GetIp())
 	}
 	return ips
 }
@@ -178,7 +175,7 @@ func (c *Client) SandboxInfo(ctx context.Context, id string) (SandboxInfo, error
 	if err != nil {
 		return SandboxInfo{}, err
 	}
-	info, err := parseSandboxInfo(st.Info)
+	info, err := parseSandboxInfo(st.GetInfo())
 	if err != nil {
 		return SandboxInfo{}, fmt.Errorf("cri pod sandbox %s: %w", id, err)
 	}

@@ -1,11 +1,13 @@
 // Command gen writes the containerd wire fixtures of runtime/containerd's
-// tests with containerd's own generated API code and typeurl, so that the
-// package's hand-written decoder is checked against the real encoder:
+// tests with containerd's own generated API code and typeurl: serialized
+// messages that the tests' fake containerd serves byte for byte, so the
+// client is checked over a real gRPC connection against what the encoder
+// wrote, not against messages built by the test itself:
 //
 //	cd runtime/containerd/testdata/gen && go run . -o ..
 //
 // It is a module of its own (under testdata, so the go tool ignores it for
-// Patu) because Patu does not depend on the api module's generated packages.
+// Patu) so that it can pin the api version that wrote the fixtures.
 package main
 
 import (

@@ -6,30 +6,51 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/containerd/containerd/api/events"
+	containersapi "github.com/containerd/containerd/api/services/containers/v1"
+	"github.com/containerd/containerd/api/types"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/patu-dev/patu/runtime"
 )
 
 // stubRecords answers Containers.Get from a sandbox -> container table,
 // the way CRI labels its records.
-func stubRecords(pods map[string]string) func(context.Context, string) (record, error) {
-	return func(_ context.Context, id string) (record, error) {
+func stubRecords(pods map[string]string) func(context.Context, string) (*containersapi.Container, error) {
+	return func(_ context.Context, id string) (*containersapi.Container, error) {
 		for sb, ctr := range pods {
 			switch id {
 			case sb:
-				return record{Labels: map[string]string{labelKind: kindSandbox}}, nil
+				return &containersapi.Container{ID: id, Labels: map[string]string{labelKind: kindSandbox}}, nil
 			case ctr:
-				return record{
+				return &containersapi.Container{
+					ID:     id,
 					Labels: map[string]string{labelKind: kindContainer},
-					Spec:   fmt.Appendf(nil, `{"annotations":{%q:%q}}`, annotationSandboxID, sb),
+					Spec:   specAny(fmt.Sprintf(`{"annotations":{%q:%q}}`, annotationSandboxID, sb)),
 				}, nil
 			}
 		}
-		return record{}, status.Error(codes.NotFound, "not found")
+		return nil, status.Error(codes.NotFound, "not found")
 	}
+}
+
+// specAny wraps an OCI spec document as containerd stores it in a record.
+func specAny(json string) *anypb.Any {
+	return &anypb.Any{TypeUrl: "types.containerd.io/opencontainers/runtime-spec/1/Spec", Value: []byte(json)}
+}
+
+// decodeEnvelope unmarshals one recorded message, as the generated client
+// does with each message of the stream.
+func decodeEnvelope(b []byte) (*types.Envelope, error) {
+	env := new(types.Envelope)
+	if err := proto.Unmarshal(b, env); err != nil {
+		return nil, err
+	}
+	return env, nil
 }
 
 // replay runs a recorded envelope stream through the client's conversion.
@@ -43,7 +64,7 @@ func replay(t *testing.T, file string, pods map[string]string) []runtime.Event {
 		if err != nil {
 			t.Fatalf("envelope %d: %v", i, err)
 		}
-		if env.Namespace != "k8s.io" || env.Timestamp.IsZero() || env.Topic == "" {
+		if env.GetNamespace() != "k8s.io" || envelopeTime(env).IsZero() || env.GetTopic() == "" {
 			t.Errorf("envelope %d: %+v", i, env)
 		}
 		if ev, ok := c.toEvent(context.Background(), &cl, env); ok {
@@ -138,24 +159,32 @@ func TestRealEnvelopes(t *testing.T) {
 	})
 }
 
-func TestDecodeEnvelopeErrors(t *testing.T) {
-	valid := load(t, "gen-envelopes.pb")[3]
+// TestEnvelopesSkipped checks that envelopes the client cannot use are
+// skipped, not reported and not fatal: a payload that does not decode, an
+// event type this build does not know, a known payload under another topic.
+func TestEnvelopesSkipped(t *testing.T) {
+	start, err := anypb.New(&events.TaskStart{ContainerID: "ctr", Pid: 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	broken := &anypb.Any{TypeUrl: "containerd.events.TaskStart", Value: []byte{0xff, 0xff, 0xff}}
+	unknown := &anypb.Any{TypeUrl: "containerd.events.TaskFrobnicate", Value: nil}
 	tests := []struct {
 		name string
-		msg  []byte
+		env  *types.Envelope
 	}{
-		{"truncated", valid[:len(valid)-3]},
-		{"bad tag", []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}},
-		{"length past the end", protowire.AppendVarint(protowire.AppendTag(nil, 3, protowire.BytesType), 100)},
-		{"bad timestamp", protowire.AppendBytes(protowire.AppendTag(nil, 1, protowire.BytesType), []byte{0x08})},
+		{"undecodable payload", &types.Envelope{Namespace: "k8s.io", Topic: "/tasks/start", Event: broken}},
+		{"unknown event type", &types.Envelope{Namespace: "k8s.io", Topic: "/tasks/frobnicate", Event: unknown}},
+		{"no payload", &types.Envelope{Namespace: "k8s.io", Topic: "/tasks/start"}},
+		{"payload under another topic", &types.Envelope{Namespace: "k8s.io", Topic: "/tasks/exit", Event: start}},
+		{"other namespace", &types.Envelope{Namespace: "moby", Topic: "/tasks/start", Event: start}},
 	}
+	c := &Client{ns: "k8s.io"}
+	cl := classifier{get: stubRecords(map[string]string{"sb": "ctr"}), known: make(map[string]object)}
 	for _, tt := range tests {
-		if _, err := decodeEnvelope(tt.msg); err == nil {
-			t.Errorf("%s: decodeEnvelope succeeded", tt.name)
+		if ev, ok := c.toEvent(context.Background(), &cl, tt.env); ok {
+			t.Errorf("%s: reported %+v", tt.name, ev)
 		}
-	}
-	if _, err := decodePayload("containerd.events.TaskOOM", nil); err == nil {
-		t.Error("decodePayload of an unexpected type succeeded")
 	}
 }
 
@@ -192,6 +221,9 @@ func TestEnvelopeFieldsSkipped(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if !envelopeTime(e).IsZero() {
+		t.Errorf("time of an envelope without one: %v", envelopeTime(e))
+	}
 	c := &Client{ns: "k8s.io"}
 	cl := classifier{get: stubRecords(map[string]string{"sb": "ctr"}), known: make(map[string]object)}
 	ev, ok := c.toEvent(context.Background(), &cl, e)
@@ -202,24 +234,24 @@ func TestEnvelopeFieldsSkipped(t *testing.T) {
 
 func TestClassifier(t *testing.T) {
 	calls := 0
-	records := map[string]record{
+	records := map[string]*containersapi.Container{
 		"sb":      {Labels: map[string]string{labelKind: kindSandbox}},
-		"ctr":     {Labels: map[string]string{labelKind: kindContainer}, Spec: []byte(`{"annotations":{"io.kubernetes.cri.sandbox-id":"sb"}}`)},
+		"ctr":     {Labels: map[string]string{labelKind: kindContainer}, Spec: specAny(`{"annotations":{"io.kubernetes.cri.sandbox-id":"sb"}}`)},
 		"ctr-2x":  {Labels: map[string]string{labelKind: kindContainer}, Sandbox: "sb"}, // spec without the annotation
-		"bad":     {Labels: map[string]string{labelKind: kindContainer}, Spec: []byte(`not json`)},
+		"bad":     {Labels: map[string]string{labelKind: kindContainer}, Spec: specAny(`not json`)},
 		"plain":   {Labels: map[string]string{"owner": "ctr"}},
 		"nolabel": {},
 	}
 	errBroken := errors.New("containerd is unwell")
 	cl := classifier{
-		get: func(_ context.Context, id string) (record, error) {
+		get: func(_ context.Context, id string) (*containersapi.Container, error) {
 			calls++
 			if id == "broken" {
-				return record{}, errBroken
+				return nil, errBroken
 			}
 			r, ok := records[id]
 			if !ok {
-				return record{}, status.Error(codes.NotFound, "not found")
+				return nil, status.Error(codes.NotFound, "not found")
 			}
 			return r, nil
 		},
@@ -255,7 +287,7 @@ func TestClassifier(t *testing.T) {
 
 	// The cache is bounded.
 	cl.known = make(map[string]object)
-	cl.get = func(context.Context, string) (record, error) { return records["sb"], nil }
+	cl.get = func(context.Context, string) (*containersapi.Container, error) { return records["sb"], nil }
 	for i := range maxClassifiedEntries + 10 {
 		cl.classify(context.Background(), fmt.Sprint(i), false)
 	}
