@@ -57,6 +57,9 @@ type fpSettings struct {
 	// AfterMin and AfterMax bound the wait for the daemon to give memory
 	// back after churn: it does so 5 s after its last reconcile.
 	AfterMin, AfterMax time.Duration
+	// Against is a git revision whose daemon is measured too, after this
+	// build's, on the same lab: what a change cost, side by side.
+	Against string
 }
 
 // footprintSettings fills in the defaults of the flags left at 0: the full
@@ -79,6 +82,7 @@ func footprintSettings(cfg config) fpSettings {
 	if cfg.fpCNI > 0 {
 		s.CNIPairs = cfg.fpCNI
 	}
+	s.Against = cfg.fpAgainst
 	return s
 }
 
@@ -87,7 +91,7 @@ type footprint struct {
 	log  *slog.Logger
 	set  fpSettings
 	tmp  string
-	bins struct{ patu, cni, empty, noop string }
+	bins struct{ patu, cni, empty, noop, against string }
 	lab  *rtlab.Lab // with Patu
 	base *rtlab.Lab // without
 	d    *daemonProc
@@ -134,29 +138,60 @@ func (f *footprint) run(ctx context.Context) error {
 	step()
 	f.rep.Containerd = toolVersion("/usr/bin/containerd", "--version")
 
-	if err := f.startDaemon(ctx); err != nil {
-		return err
+	builds := []*daemonRun{{Build: "this build", Binary: f.rep.Binaries[0]}}
+	if f.bins.against != "" {
+		fi, err := os.Stat(f.bins.against)
+		if err != nil {
+			return err
+		}
+		builds = append(builds, &daemonRun{Build: f.set.Against, Binary: binaryInfo{Name: "patu", Bytes: fi.Size()}})
 	}
-	if err := f.measureIdle(ctx); err != nil {
-		return err
+	for i, run := range builds {
+		bin := f.bins.patu
+		if i > 0 {
+			bin = f.bins.against
+			// The older daemon loads its own programs over the pins.
+			if _, err := bpf.Unload(fpPinDir); err != nil {
+				return fmt.Errorf("unload before %s: %w", run.Build, err)
+			}
+		}
+		f.rep.Daemons = append(f.rep.Daemons, run)
+		if err := f.startDaemon(ctx, bin, run); err != nil {
+			return err
+		}
+		if err := f.measureIdle(ctx, run); err != nil {
+			return err
+		}
+		if i == 0 {
+			// Pod starts before the churn: containerd cleans up after
+			// removed pods in the background for a while, which would
+			// slow only the Patu lab's starts.
+			step = f.timed("pod start")
+			if err := f.podStarts(ctx); err != nil {
+				return err
+			}
+			step()
+		}
+		step = f.timed("churn, " + run.Build)
+		if err := f.churn(ctx, run); err != nil {
+			return err
+		}
+		step()
+		// The daemon is done; the pins stay, so that the CNI plugin
+		// registers pods as on a node where Patu runs, without the
+		// daemon reacting.
+		if err := f.d.stop(); err != nil {
+			return fmt.Errorf("stop daemon: %w", err)
+		}
 	}
-	// Pod starts before the churn: containerd cleans up after removed
-	// pods in the background for a while, which would slow only the Patu
-	// lab's starts.
-	step = f.timed("pod start")
-	if err := f.podStarts(ctx); err != nil {
-		return err
-	}
-	step()
-	step = f.timed("churn")
-	if err := f.churn(ctx); err != nil {
-		return err
-	}
-	step()
-	// The daemon is done; the pins stay, so that the CNI plugin registers
-	// pods as on a node where Patu runs, without the daemon reacting.
-	if err := f.d.stop(); err != nil {
-		return fmt.Errorf("stop daemon: %w", err)
+	if len(builds) > 1 {
+		// Back to this build's programs for the CNI measurements.
+		if _, err := bpf.Unload(fpPinDir); err != nil {
+			return err
+		}
+		if out, err := exec.CommandContext(ctx, f.bins.patu, "--bpffs", fpPinDir, "load").CombinedOutput(); err != nil {
+			return fmt.Errorf("patu load: %w: %s", err, out)
+		}
 	}
 	step = f.timed("CNI ADD")
 	if err := f.cniBench(ctx); err != nil {
@@ -294,6 +329,11 @@ func (f *footprint) build(ctx context.Context) error {
 			return fmt.Errorf("build %s: %w: %s", filepath.Base(b.out), err, tail(string(out), 1000))
 		}
 	}
+	if f.set.Against != "" {
+		if err := f.buildAgainst(ctx, goBin); err != nil {
+			return err
+		}
+	}
 	for _, b := range []struct{ name, path string }{{"patu", f.bins.patu}, {"patu-cni", f.bins.cni},
 		{binEmpty, f.bins.empty}, {binNoop, f.bins.noop}} {
 		fi, err := os.Stat(b.path)
@@ -301,6 +341,46 @@ func (f *footprint) build(ctx context.Context) error {
 			return err
 		}
 		f.rep.Binaries = append(f.rep.Binaries, binaryInfo{Name: b.name, Bytes: fi.Size()})
+	}
+	return nil
+}
+
+// buildAgainst builds the patu command of the revision f.set.Against from
+// a copy of this repository's tree at that revision, with the same flags.
+func (f *footprint) buildAgainst(ctx context.Context, goBin string) error {
+	top, err := exec.CommandContext(ctx, "git", "rev-parse", "--show-toplevel").Output()
+	if err != nil {
+		return fmt.Errorf("-footprint-against needs the git checkout the benchmark runs in: %w", err)
+	}
+	src := filepath.Join(f.tmp, "against-src")
+	if err := os.Mkdir(src, 0o755); err != nil {
+		return err
+	}
+	archive := exec.CommandContext(ctx, "git", "-C", strings.TrimSpace(string(top)), "archive", f.set.Against)
+	untar := exec.CommandContext(ctx, "tar", "-x", "-C", src)
+	pipe, err := archive.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	untar.Stdin = pipe
+	var archErr strings.Builder
+	archive.Stderr = &archErr
+	if err := untar.Start(); err != nil {
+		return err
+	}
+	if err := archive.Run(); err != nil {
+		untar.Wait()
+		return fmt.Errorf("git archive %s: %w: %s", f.set.Against, err, archErr.String())
+	}
+	if err := untar.Wait(); err != nil {
+		return fmt.Errorf("unpack %s: %w", f.set.Against, err)
+	}
+	f.bins.against = filepath.Join(f.tmp, "against", "patu")
+	cmd := exec.CommandContext(ctx, goBin, "build", "-trimpath", "-ldflags=-s", "-o", f.bins.against, "./cmd/patu")
+	cmd.Dir = src
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=", "GOWORK=off")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("build patu at %s: %w: %s", f.set.Against, err, tail(string(out), 1000))
 	}
 	return nil
 }
@@ -408,21 +488,21 @@ func (d *daemonProc) stop() error {
 	return fmt.Errorf("daemon ignored SIGTERM for 10s; killed. Log %s:\n%s", d.logPath, fpFileTail(d.logPath, 2000))
 }
 
-// startDaemon starts patu daemon on the Patu lab and waits for its ready
-// file. It loads Patu itself (patu load, in a child process).
-func (f *footprint) startDaemon(ctx context.Context) error {
+// startDaemon starts the patu daemon bin on the Patu lab and waits for its
+// ready file. It loads Patu itself (patu load, in a child process).
+func (f *footprint) startDaemon(ctx context.Context, bin string, run *daemonRun) error {
 	addr, err := fpFreeAddr()
 	if err != nil {
 		return err
 	}
-	ready := filepath.Join(f.tmp, "daemon.ready")
-	d := &daemonProc{done: make(chan struct{}), logPath: filepath.Join(f.tmp, "daemon.log")}
+	ready := filepath.Join(f.tmp, fmt.Sprintf("daemon-%d.ready", len(f.rep.Daemons)))
+	d := &daemonProc{done: make(chan struct{}), logPath: filepath.Join(f.tmp, fmt.Sprintf("daemon-%d.log", len(f.rep.Daemons)))}
 	logf, err := os.Create(d.logPath)
 	if err != nil {
 		return err
 	}
 	defer logf.Close()
-	d.cmd = exec.Command(f.bins.patu, "--bpffs", fpPinDir, "daemon", "--runtime-endpoint", f.lab.Socket(),
+	d.cmd = exec.Command(bin, "--bpffs", fpPinDir, "daemon", "--runtime-endpoint", f.lab.Socket(),
 		"--metrics-addr", addr, "--ready-file", ready)
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
 	// Dies with the benchmark, even when it is killed.
@@ -451,8 +531,8 @@ func (f *footprint) startDaemon(ctx context.Context) error {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-	f.rep.DaemonReadySec = time.Since(t0).Seconds()
-	f.log.Info("daemon ready", "pid", d.pid(), "took", time.Since(t0).Round(time.Millisecond))
+	run.ReadySec = time.Since(t0).Seconds()
+	f.log.Info("daemon ready", "build", run.Build, "pid", d.pid(), "took", time.Since(t0).Round(time.Millisecond))
 	return nil
 }
 
@@ -520,7 +600,7 @@ func fpSleep(ctx context.Context, d time.Duration) error {
 
 // measureIdle reads the daemon's memory once it has settled after start,
 // then its CPU time and context switches over the idle window.
-func (f *footprint) measureIdle(ctx context.Context) error {
+func (f *footprint) measureIdle(ctx context.Context, run *daemonRun) error {
 	if err := fpSleep(ctx, f.set.Settle); err != nil {
 		return err
 	}
@@ -530,8 +610,9 @@ func (f *footprint) measureIdle(ctx context.Context) error {
 		return err
 	}
 	pt.AfterSec = f.set.Settle.Seconds()
-	f.rep.RSS = append(f.rep.RSS, pt)
-	f.log.Info("idle RSS", "rss_kib", pt.VmRSS, "anon_kib", pt.RssAnon, "file_kib", pt.RssFile, "binary_kib", pt.BinaryKiB)
+	run.RSS = append(run.RSS, pt)
+	f.log.Info("idle RSS", "build", run.Build, "rss_kib", pt.VmRSS, "anon_kib", pt.RssAnon, "file_kib", pt.RssFile,
+		"binary_kib", pt.BinaryKiB, "pss_kib", pt.Pss)
 
 	f.log.Info("idle window", "duration", f.set.Idle)
 	a, err := readProc(pid)
@@ -557,8 +638,8 @@ func (f *footprint) measureIdle(ctx context.Context) error {
 	u.CPUMsPerSec = float64(u.CPUTicks) * 1000 / clockTicks / win
 	u.RunMsPerSec = float64(u.RunNs) / 1e6 / win
 	u.WakeupsPerSec = float64(u.Switches) / win
-	f.rep.Idle = u
-	f.log.Info("idle usage", "cpu_ms_per_s", fmt.Sprintf("%.3f", u.CPUMsPerSec), "wakeups_per_s", fmt.Sprintf("%.2f", u.WakeupsPerSec))
+	run.Idle = u
+	f.log.Info("idle usage", "build", run.Build, "cpu_ms_per_s", fmt.Sprintf("%.3f", u.CPUMsPerSec), "wakeups_per_s", fmt.Sprintf("%.2f", u.WakeupsPerSec))
 	return nil
 }
 
@@ -573,12 +654,24 @@ func (f *footprint) rssPoint(when string) (rssPoint, error) {
 	if err != nil {
 		return rssPoint{}, err
 	}
-	pt := newRSSPoint(when, st)
+	rollup, err := readSmapsRollup(pid)
+	if err != nil {
+		return rssPoint{}, err
+	}
+	pt := newRSSPoint(when, st, rollup)
 	pt.BinaryKiB, err = binaryFileRSS(pid)
 	if err != nil {
 		return rssPoint{}, err
 	}
 	return pt, nil
+}
+
+func readSmapsRollup(pid int) (smapsRollup, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return smapsRollup{}, fmt.Errorf("smaps_rollup of pid %d: %w", pid, err)
+	}
+	return parseSmapsRollup(data)
 }
 
 // binaryFileRSS is the part of pid's RssFile that is its own executable.
@@ -597,16 +690,18 @@ func binaryFileRSS(pid int) (int64, error) {
 // churn creates ChurnPods pods, ChurnWidth at a time (every other one
 // with a pod cgroup, the others with an app container, as in the e2e
 // churn), waits until the daemon has attached them, removes them again,
-// and samples the daemon's RSS every 100 ms throughout. Then it waits for
-// the daemon to give the memory back.
-func (f *footprint) churn(ctx context.Context) error {
+// and samples the daemon's memory every 100 ms throughout. Then it waits
+// for the daemon to give the memory back.
+func (f *footprint) churn(ctx context.Context, run *daemonRun) error {
 	pid := f.d.pid()
 	var (
-		mu      sync.Mutex
-		peak    procStatus
-		samples int
-		stop    = make(chan struct{})
-		stopped = make(chan struct{})
+		mu       sync.Mutex
+		peak     procStatus
+		peakRSS  int64
+		peakRoll smapsRollup
+		samples  int
+		stop     = make(chan struct{})
+		stopped  = make(chan struct{})
 	)
 	go func() {
 		defer close(stopped)
@@ -617,9 +712,13 @@ func (f *footprint) churn(ctx context.Context) error {
 				if st, err := parseStatus(data); err == nil {
 					mu.Lock()
 					samples++
-					if st.VmRSS > peak.VmRSS {
+					if st.RssAnon > peak.RssAnon {
 						peak = st
+						// smaps_rollup walks the page tables: only
+						// for a new peak.
+						peakRoll, _ = readSmapsRollup(pid)
 					}
+					peakRSS = max(peakRSS, st.VmRSS)
 					mu.Unlock()
 				}
 			}
@@ -641,7 +740,7 @@ func (f *footprint) churn(ctx context.Context) error {
 
 	n := f.set.ChurnPods
 	c := &churnInfo{Pods: n, Width: f.set.ChurnWidth}
-	f.rep.Churn = c
+	run.Churn = c
 	ids := make([]string, n)
 	t0 := time.Now()
 	err := fpParallel(ctx, n, f.set.ChurnWidth, func(ctx context.Context, i int) error {
@@ -673,12 +772,13 @@ func (f *footprint) churn(ctx context.Context) error {
 	removed := time.Now()
 	stopSampling()
 	mu.Lock()
-	pt := newRSSPoint("peak", peak)
-	pt.Samples = samples
+	pt := newRSSPoint("peak", peak, peakRoll)
+	pt.Samples, pt.PeakVmRSS = samples, peakRSS
 	mu.Unlock()
-	f.rep.RSS = append(f.rep.RSS, pt)
-	f.log.Info("churn", "pods", n, "up", time.Duration(c.UpSec*float64(time.Second)).Round(time.Millisecond),
-		"down", time.Duration(c.DownSec*float64(time.Second)).Round(time.Millisecond), "peak_rss_kib", peak.VmRSS, "samples", samples)
+	run.RSS = append(run.RSS, pt)
+	f.log.Info("churn", "build", run.Build, "pods", n, "up", time.Duration(c.UpSec*float64(time.Second)).Round(time.Millisecond),
+		"down", time.Duration(c.DownSec*float64(time.Second)).Round(time.Millisecond), "peak_anon_kib", peak.RssAnon,
+		"peak_rss_kib", peakRSS, "samples", samples)
 
 	// After churn: the daemon frees memory 5 s after its last reconcile.
 	// Wait at least AfterMin, then until RssAnon has not moved for 2 s,
@@ -701,7 +801,7 @@ func (f *footprint) churn(ctx context.Context) error {
 		waited := now.Sub(removed)
 		if (waited >= f.set.AfterMin && now.Sub(stableSince) >= 2*time.Second) || waited >= f.set.AfterMax {
 			pt.AfterSec = waited.Seconds()
-			f.rep.RSS = append(f.rep.RSS, pt)
+			run.RSS = append(run.RSS, pt)
 			f.log.Info("RSS after churn", "rss_kib", pt.VmRSS, "anon_kib", pt.RssAnon, "waited", waited.Round(100*time.Millisecond))
 			return nil
 		}

@@ -213,3 +213,41 @@ func quantile(v []float64, q float64) float64 {
 	hi := int(math.Ceil(pos))
 	return c[lo] + (c[hi]-c[lo])*(pos-float64(lo))
 }
+
+// smapsRollup is what the footprint reads from /proc/PID/smaps_rollup, in
+// KiB: the proportional set size, whole and split into anonymous and file
+// pages. PSS charges each shared page to its sharers in equal parts, so a
+// binary's text shared with another process counts half.
+type smapsRollup struct {
+	Pss     int64
+	PssAnon int64
+	PssFile int64
+}
+
+// parseSmapsRollup reads /proc/PID/smaps_rollup. Pss must be there;
+// Pss_Anon and Pss_File (Linux 5.6+) are read when present.
+func parseSmapsRollup(data []byte) (smapsRollup, error) {
+	var r smapsRollup
+	fields := map[string]*int64{"Pss:": &r.Pss, "Pss_Anon:": &r.PssAnon, "Pss_File:": &r.PssFile}
+	seen := false
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for sc.Scan() {
+		fs := strings.Fields(sc.Text())
+		if len(fs) != 3 || fields[fs[0]] == nil {
+			continue
+		}
+		if fs[2] != "kB" {
+			return r, fmt.Errorf("smaps_rollup: %q: want a size in kB", sc.Text())
+		}
+		n, err := strconv.ParseInt(fs[1], 10, 64)
+		if err != nil {
+			return r, fmt.Errorf("smaps_rollup %s %w", fs[0], err)
+		}
+		*fields[fs[0]] = n
+		seen = seen || fs[0] == "Pss:"
+	}
+	if !seen {
+		return r, errors.New("smaps_rollup has no Pss")
+	}
+	return r, sc.Err()
+}

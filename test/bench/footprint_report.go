@@ -14,10 +14,15 @@ import (
 )
 
 // Targets of the footprint section. "≈ 0" for the idle daemon is read as
-// at most 1 ms of CPU and 1 wake-up per second.
+// at most 1 ms of CPU and 1 wake-up per second. Memory targets are on the
+// daemon's anonymous pages (its heap, stacks, data): the file pages of its
+// own binary are shared page cache the kernel can drop, and are reported
+// beside them.
 var (
-	targetBinaryMiB   = target{"<=", 20}
-	targetRSSMiB      = target{"<=", 15}
+	targetPatuMiB     = target{"<=", 25}
+	targetCNIMiB      = target{"<=", 20}
+	targetAnonIdleMiB = target{"<=", 4}
+	targetAnonPeakMiB = target{"<=", 8}
 	targetIdleCPU     = target{"<=", 1} // ms per s
 	targetIdleWakeups = target{"<=", 1} // per s
 	targetCNIOverhead = target{"<=", 5} // ms, difference of p50s
@@ -30,14 +35,11 @@ type footprintReport struct {
 	Started    time.Time        `json:"started"`
 	Finished   time.Time        `json:"finished"`
 	Binaries   []binaryInfo     `json:"binaries"`
-	// DaemonReadySec is start to ready file: patu load, connecting to the
-	// runtime, the first reconcile.
-	DaemonReadySec float64    `json:"daemon_ready_s,omitempty"`
-	RSS            []rssPoint `json:"daemon_rss"`
-	Churn          *churnInfo `json:"churn,omitempty"`
-	Idle           *idleUsage `json:"idle,omitempty"`
-	PodStart       *pairTimes `json:"pod_start,omitempty"`
-	CNIAdd         *pairTimes `json:"cni_add,omitempty"`
+	// Daemons are the daemon runs: this build first, then the build of
+	// -footprint-against, measured the same way on the same lab.
+	Daemons  []*daemonRun `json:"daemons"`
+	PodStart *pairTimes   `json:"pod_start,omitempty"`
+	CNIAdd   *pairTimes   `json:"cni_add,omitempty"`
 	// CNIAddNoop is the same with a no-op Go plugin in patu's place.
 	CNIAddNoop *pairTimes `json:"cni_add_noop_plugin,omitempty"`
 	// CNIAddSplit is where each conflist's ADD time goes.
@@ -75,6 +77,30 @@ func (s fpSettings) report() fpSettingsReport {
 	}
 }
 
+// daemonRun is one daemon binary measured: memory idle, at the peak of a
+// churn and after it, idle CPU and wake-ups.
+type daemonRun struct {
+	// Build is "this build" or the git revision it was built from.
+	Build  string     `json:"build"`
+	Binary binaryInfo `json:"binary"`
+	// ReadySec is start to ready file: patu load, connecting to the
+	// runtime, the first reconcile.
+	ReadySec float64    `json:"ready_s,omitempty"`
+	RSS      []rssPoint `json:"rss"`
+	Churn    *churnInfo `json:"churn,omitempty"`
+	Idle     *idleUsage `json:"idle,omitempty"`
+}
+
+// point returns the reading taken when ("idle", "peak", "after_churn").
+func (d *daemonRun) point(when string) (rssPoint, bool) {
+	for _, p := range d.RSS {
+		if p.When == when {
+			return p, true
+		}
+	}
+	return rssPoint{}, false
+}
+
 type binaryInfo struct {
 	Name  string `json:"name"`
 	Bytes int64  `json:"bytes"`
@@ -83,15 +109,21 @@ type binaryInfo struct {
 func (b binaryInfo) MiB() float64 { return float64(b.Bytes) / (1 << 20) }
 
 // rssPoint is the daemon's memory at one moment: "idle" (Settle after
-// ready), "peak" (highest VmRSS sampled during churn) or "after_churn".
-// Sizes in KiB, from /proc/PID/status.
+// ready), "peak" (highest RssAnon sampled during churn) or "after_churn".
+// Sizes in KiB, from /proc/PID/status and /proc/PID/smaps_rollup.
 type rssPoint struct {
 	When     string `json:"when"`
 	VmRSS    int64  `json:"vm_rss_kib"`
 	RssAnon  int64  `json:"rss_anon_kib"`
 	RssFile  int64  `json:"rss_file_kib"`
 	RssShmem int64  `json:"rss_shmem_kib"`
-	Threads  int    `json:"threads"`
+	Pss      int64  `json:"pss_kib"`
+	PssAnon  int64  `json:"pss_anon_kib"`
+	PssFile  int64  `json:"pss_file_kib"`
+	// PeakVmRSS is the highest VmRSS sampled during churn (peak only),
+	// which need not be the sample of the highest RssAnon.
+	PeakVmRSS int64 `json:"peak_vm_rss_kib,omitempty"`
+	Threads   int   `json:"threads"`
 	// BinaryKiB is the part of RssFile that is the patu executable's own
 	// pages (smaps: Rss minus Anonymous of its mappings); not read for the
 	// peak, which is sampled fast.
@@ -100,8 +132,9 @@ type rssPoint struct {
 	Samples   int     `json:"samples,omitempty"` // peak: RSS samples taken during churn
 }
 
-func newRSSPoint(when string, st procStatus) rssPoint {
-	return rssPoint{When: when, VmRSS: st.VmRSS, RssAnon: st.RssAnon, RssFile: st.RssFile, RssShmem: st.RssShmem, Threads: st.Threads}
+func newRSSPoint(when string, st procStatus, r smapsRollup) rssPoint {
+	return rssPoint{When: when, VmRSS: st.VmRSS, RssAnon: st.RssAnon, RssFile: st.RssFile, RssShmem: st.RssShmem,
+		Pss: r.Pss, PssAnon: r.PssAnon, PssFile: r.PssFile, Threads: st.Threads}
 }
 
 type churnInfo struct {
@@ -188,16 +221,25 @@ func (r *footprintReport) checks() []checkValue {
 		out = append(out, checkValue{ID: id, Label: label, Unit: unit, Value: v, Target: t, Met: t.met(v)})
 	}
 	for _, b := range r.Binaries {
-		if b.Name == "patu" || b.Name == "patu-cni" {
-			add("binary_size_"+strings.ReplaceAll(b.Name, "-", "_"), b.Name+" binary", "MiB", b.MiB(), targetBinaryMiB)
+		switch b.Name {
+		case "patu":
+			add("binary_size_patu", "patu binary", "MiB", b.MiB(), targetPatuMiB)
+		case "patu-cni":
+			add("binary_size_patu_cni", "patu-cni binary", "MiB", b.MiB(), targetCNIMiB)
 		}
 	}
-	for _, p := range r.RSS {
-		add("daemon_rss_"+p.When, "daemon RSS "+strings.ReplaceAll(p.When, "_", " "), "MiB", float64(p.VmRSS)/1024, targetRSSMiB)
-	}
-	if r.Idle != nil {
-		add("daemon_idle_cpu", "daemon idle CPU", "ms/s", r.Idle.CPUMsPerSec, targetIdleCPU)
-		add("daemon_idle_wakeups", "daemon idle wake-ups", "1/s", r.Idle.WakeupsPerSec, targetIdleWakeups)
+	if len(r.Daemons) > 0 {
+		d := r.Daemons[0]
+		if p, ok := d.point("idle"); ok {
+			add("daemon_anon_idle", "daemon RssAnon idle", "MiB", float64(p.RssAnon)/1024, targetAnonIdleMiB)
+		}
+		if p, ok := d.point("peak"); ok {
+			add("daemon_anon_peak", "daemon RssAnon peak", "MiB", float64(p.RssAnon)/1024, targetAnonPeakMiB)
+		}
+		if d.Idle != nil {
+			add("daemon_idle_cpu", "daemon idle CPU", "ms/s", d.Idle.CPUMsPerSec, targetIdleCPU)
+			add("daemon_idle_wakeups", "daemon idle wake-ups", "1/s", d.Idle.WakeupsPerSec, targetIdleWakeups)
+		}
 	}
 	if r.CNIAdd != nil {
 		add("cni_add_overhead_p50", "CNI ADD overhead of patu (p50)", "ms", r.CNIAdd.DiffP50, targetCNIOverhead)
@@ -239,38 +281,36 @@ func writeFootprintTable(w io.Writer, r *footprintReport, m machine) {
 		c, ok := r.check("binary_size_" + strings.ReplaceAll(b.Name, "-", "_"))
 		fmt.Fprintf(tw, "%s binary\tMiB\t%.1f\t%d bytes; CGO_ENABLED=0 go build -trimpath -ldflags=-s\t%s\n", b.Name, b.MiB(), b.Bytes, metText(c, ok))
 	}
-	for _, p := range r.RSS {
-		c, ok := r.check("daemon_rss_" + p.When)
-		var label, more string
-		switch p.When {
-		case "idle":
-			label = fmt.Sprintf("daemon RSS idle, %.0f s after ready", p.AfterSec)
-		case "peak":
-			label = fmt.Sprintf("daemon RSS peak, churn of %d pods", s.ChurnPods)
-			more = fmt.Sprintf("; max of %d samples, 100 ms apart", p.Samples)
-		case "after_churn":
-			label = "daemon RSS after churn"
-			more = fmt.Sprintf("; %.1f s after the last pod went", p.AfterSec)
+	if len(r.Daemons) > 0 {
+		d := r.Daemons[0]
+		for _, p := range d.RSS {
+			var label, more string
+			switch p.When {
+			case "idle":
+				label = fmt.Sprintf("daemon RssAnon idle, %.0f s after ready", p.AfterSec)
+			case "peak":
+				label = fmt.Sprintf("daemon RssAnon peak, churn of %d pods", s.ChurnPods)
+				more = fmt.Sprintf("; max of %d samples, 100 ms apart (VmRSS peak %s)", p.Samples, mibText(p.PeakVmRSS))
+			case "after_churn":
+				label = "daemon RssAnon after churn"
+				more = fmt.Sprintf("; %.1f s after the last pod went", p.AfterSec)
+			}
+			c, ok := r.check("daemon_anon_" + p.When)
+			fmt.Fprintf(tw, "%s\tMiB\t%.2f\t%s%s\t%s\n", label, float64(p.RssAnon)/1024, memDetail(p), more, metText(c, ok))
 		}
-		detail := fmt.Sprintf("anon %s + file %s", mibText(p.RssAnon), mibText(p.RssFile))
-		if p.RssShmem > 0 {
-			detail += " + shmem " + mibText(p.RssShmem)
+		if u := d.Idle; u != nil {
+			c, ok := r.check("daemon_idle_cpu")
+			fmt.Fprintf(tw, "daemon idle CPU\tms/s\t%.2f\tutime+stime %d ticks in %.0f s; threads ran %.3f ms/s (schedstat)\t≈ 0 (%s)\n",
+				u.CPUMsPerSec, u.CPUTicks, u.WindowSec, u.RunMsPerSec, metText(c, ok))
+			c, ok = r.check("daemon_idle_wakeups")
+			fmt.Fprintf(tw, "daemon idle wake-ups\t1/s\t%.2f\t%d context switches in %.0f s, %d threads\t≈ 0 (%s)\n",
+				u.WakeupsPerSec, u.Switches, u.WindowSec, u.Threads, metText(c, ok))
 		}
-		if p.BinaryKiB > 0 {
-			detail += fmt.Sprintf(" (%s of it the patu binary)", mibText(p.BinaryKiB))
-		}
-		detail += fmt.Sprintf("; %d threads", p.Threads) + more
-		fmt.Fprintf(tw, "%s\tMiB\t%.2f\t%s\t%s\n", label, float64(p.VmRSS)/1024, detail, metText(c, ok))
-	}
-	if u := r.Idle; u != nil {
-		c, ok := r.check("daemon_idle_cpu")
-		fmt.Fprintf(tw, "daemon idle CPU\tms/s\t%.2f\tutime+stime %d ticks in %.0f s; threads ran %.3f ms/s (schedstat)\t≈ 0 (%s)\n",
-			u.CPUMsPerSec, u.CPUTicks, u.WindowSec, u.RunMsPerSec, metText(c, ok))
-		c, ok = r.check("daemon_idle_wakeups")
-		fmt.Fprintf(tw, "daemon idle wake-ups\t1/s\t%.2f\t%d context switches in %.0f s, %d threads\t≈ 0 (%s)\n",
-			u.WakeupsPerSec, u.Switches, u.WindowSec, u.Threads, metText(c, ok))
 	}
 	tw.Flush()
+	if len(r.Daemons) > 1 {
+		writeDaemonComparison(w, r.Daemons)
+	}
 
 	if r.PodStart != nil || r.CNIAdd != nil {
 		fmt.Fprintln(w, "\nwith and without Patu, interleaved in one run: p50 [p90]")
@@ -326,8 +366,9 @@ func writeFootprintTable(w io.Writer, r *footprintReport, m machine) {
 			fmt.Fprintln(w, t)
 		}
 	}
-	fmt.Fprintln(w, "\nRSS file pages are mostly the patu binary's own text and data, mapped from the file: shared with the page")
-	fmt.Fprintln(w, "cache and dropped first under memory pressure. BPF maps and programs are kernel memory, not in RSS.")
+	fmt.Fprintln(w, "\nRssAnon is the daemon's own memory (heap, stacks, data). RSS file pages are mostly the patu binary's text and")
+	fmt.Fprintln(w, "read-only data, mapped from the file: shared page cache, dropped first under memory pressure. PSS splits shared")
+	fmt.Fprintln(w, "pages among their users. BPF maps and programs are kernel memory, in none of these.")
 	fmt.Fprintf(w, "Idle ≈ 0 is read as ≤ 1 ms CPU and ≤ 1 wake-up per second. Labs: containerd %s, %s and %s.\n", s.Flavor, s.Lab, s.BaselineLab)
 	for _, n := range r.Notes {
 		fmt.Fprintf(w, "note: %s\n", n)
@@ -402,6 +443,78 @@ func fmtMs(v float64) string {
 }
 
 func mibText(kib int64) string { return fmt.Sprintf("%.1f", float64(kib)/1024) }
+
+// memDetail is the rest of a reading: VmRSS and its parts, PSS and its.
+func memDetail(p rssPoint) string {
+	d := fmt.Sprintf("VmRSS %s = anon %s + file %s", mibText(p.VmRSS), mibText(p.RssAnon), mibText(p.RssFile))
+	if p.RssShmem > 0 {
+		d += " + shmem " + mibText(p.RssShmem)
+	}
+	if p.BinaryKiB > 0 {
+		d += fmt.Sprintf(" (%s of it the patu binary)", mibText(p.BinaryKiB))
+	}
+	d += fmt.Sprintf("; PSS %s = anon %s + file %s; %d threads", mibText(p.Pss), mibText(p.PssAnon), mibText(p.PssFile), p.Threads)
+	return d
+}
+
+// writeDaemonComparison prints the daemon figures of each build side by
+// side: what a change of the daemon cost, measured in one run.
+func writeDaemonComparison(w io.Writer, ds []*daemonRun) {
+	fmt.Fprintln(w, "\ndaemon builds side by side (same lab, one after the other), MiB unless said:")
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprint(tw, "metric")
+	for _, d := range ds {
+		fmt.Fprintf(tw, "\t%s", d.Build)
+	}
+	fmt.Fprintln(tw)
+	row := func(label string, v func(d *daemonRun) (string, bool)) {
+		fmt.Fprint(tw, label)
+		for _, d := range ds {
+			t, ok := v(d)
+			if !ok {
+				t = "–"
+			}
+			fmt.Fprintf(tw, "\t%s", t)
+		}
+		fmt.Fprintln(tw)
+	}
+	row("binary", func(d *daemonRun) (string, bool) { return fmt.Sprintf("%.1f", d.Binary.MiB()), d.Binary.Bytes > 0 })
+	for _, when := range []string{"idle", "peak", "after_churn"} {
+		for _, m := range []struct {
+			name string
+			kib  func(rssPoint) int64
+		}{
+			{"RssAnon", func(p rssPoint) int64 { return p.RssAnon }},
+			{"RssFile", func(p rssPoint) int64 { return p.RssFile }},
+			{"VmRSS", func(p rssPoint) int64 {
+				if p.PeakVmRSS > 0 {
+					return p.PeakVmRSS
+				}
+				return p.VmRSS
+			}},
+			{"PSS", func(p rssPoint) int64 { return p.Pss }},
+		} {
+			row(m.name+" "+strings.ReplaceAll(when, "_", " "), func(d *daemonRun) (string, bool) {
+				p, ok := d.point(when)
+				return mibText(m.kib(p)), ok
+			})
+		}
+	}
+	row("idle CPU ms/s", func(d *daemonRun) (string, bool) {
+		if d.Idle == nil {
+			return "", false
+		}
+		return fmt.Sprintf("%.2f", d.Idle.CPUMsPerSec), true
+	})
+	row("idle wake-ups 1/s", func(d *daemonRun) (string, bool) {
+		if d.Idle == nil {
+			return "", false
+		}
+		return fmt.Sprintf("%.2f", d.Idle.WakeupsPerSec), true
+	})
+	row("start to ready s", func(d *daemonRun) (string, bool) { return fmt.Sprintf("%.2f", d.ReadySec), d.ReadySec > 0 })
+	tw.Flush()
+}
 
 // smapsFileRSS sums the resident file pages of the mappings of file in a
 // /proc/PID/smaps: Rss minus Anonymous (the copied-on-write pages of its

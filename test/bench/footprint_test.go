@@ -32,6 +32,31 @@ voluntary_ctxt_switches:	5
 nonvoluntary_ctxt_switches:	8
 `
 
+func TestParseSmapsRollup(t *testing.T) {
+	const rollup = `55a4f0a00000-7ffd1b5fe000 ---p 00000000 00:00 0                          [rollup]
+Rss:               10240 kB
+Pss:                6144 kB
+Pss_Dirty:          2048 kB
+Pss_Anon:           2048 kB
+Pss_File:           4096 kB
+Pss_Shmem:             0 kB
+Shared_Clean:       8192 kB
+`
+	got, err := parseSmapsRollup([]byte(rollup))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (smapsRollup{Pss: 6144, PssAnon: 2048, PssFile: 4096}); got != want {
+		t.Errorf("got %+v, want %+v", got, want)
+	}
+	if _, err := parseSmapsRollup([]byte("Rss: 1 kB\n")); err == nil {
+		t.Error("a rollup without Pss parsed")
+	}
+	if _, err := parseSmapsRollup([]byte("Pss: 1 MB\n")); err == nil {
+		t.Error("a size not in kB parsed")
+	}
+}
+
 func TestParseStatus(t *testing.T) {
 	got, err := parseStatus([]byte(statusDaemon))
 	if err != nil {
@@ -197,8 +222,8 @@ func TestFootprintSettings(t *testing.T) {
 	if quick.Idle >= full.Idle || quick.ChurnPods >= full.ChurnPods || quick.Starts >= full.Starts {
 		t.Errorf("quick %+v is not shorter", quick)
 	}
-	set := footprintSettings(config{quick: true, fpIdle: 5 * time.Second, fpPods: 3, fpStarts: 2, fpCNI: 4})
-	if set.Idle != 5*time.Second || set.ChurnPods != 3 || set.Starts != 2 || set.CNIPairs != 4 {
+	set := footprintSettings(config{quick: true, fpIdle: 5 * time.Second, fpPods: 3, fpStarts: 2, fpCNI: 4, fpAgainst: "HEAD~1"})
+	if set.Idle != 5*time.Second || set.ChurnPods != 3 || set.Starts != 2 || set.CNIPairs != 4 || set.Against != "HEAD~1" {
 		t.Errorf("flags not applied: %+v", set)
 	}
 }
@@ -211,12 +236,15 @@ func footprintSample() *footprintReport {
 		Started:    time.Unix(0, 0),
 		Finished:   time.Unix(150, 0),
 		Binaries:   []binaryInfo{{"patu", 9 << 20}, {"patu-cni", 21 << 20}, {binEmpty, 1 << 20}, {binNoop, 2 << 20}},
-		RSS: []rssPoint{
-			{When: "idle", VmRSS: 9724, RssAnon: 2008, RssFile: 7716, Threads: 7, BinaryKiB: 7600, AfterSec: 10},
-			{When: "peak", VmRSS: 16 << 10, RssAnon: 8 << 10, RssFile: 8 << 10, Threads: 8, Samples: 300},
-			{When: "after_churn", VmRSS: 11 << 10, RssAnon: 3 << 10, RssFile: 8 << 10, Threads: 8, AfterSec: 7.5},
-		},
-		Idle:     &idleUsage{WindowSec: 30, CPUTicks: 1, CPUMsPerSec: 0.33, Switches: 60, WakeupsPerSec: 2, Threads: 7},
+		Daemons: []*daemonRun{{
+			Build: "this build", Binary: binaryInfo{"patu", 9 << 20}, ReadySec: 0.4,
+			RSS: []rssPoint{
+				{When: "idle", VmRSS: 9724, RssAnon: 2008, RssFile: 7716, Pss: 6000, PssAnon: 2008, PssFile: 3992, Threads: 7, BinaryKiB: 7600, AfterSec: 10},
+				{When: "peak", VmRSS: 16 << 10, RssAnon: 9 << 10, RssFile: 7 << 10, PeakVmRSS: 17 << 10, Threads: 8, Samples: 300},
+				{When: "after_churn", VmRSS: 11 << 10, RssAnon: 3 << 10, RssFile: 8 << 10, Threads: 8, AfterSec: 7.5},
+			},
+			Idle: &idleUsage{WindowSec: 30, CPUTicks: 1, CPUMsPerSec: 0.33, Switches: 60, WakeupsPerSec: 2, Threads: 7},
+		}},
 		PodStart: &pairTimes{Without: newFPTiming([]float64{200, 220}), With: newFPTiming([]float64{210, 230}), DiffP50: 10, PairedDiffMedian: 10},
 		CNIAdd:   &pairTimes{Without: newFPTiming([]float64{40, 50}), With: newFPTiming([]float64{60, 70}), DiffP50: 20, PairedDiffMedian: 20},
 		Exec: []execTimes{
@@ -234,7 +262,7 @@ func TestFootprintChecks(t *testing.T) {
 	r := footprintSample()
 	want := map[string]bool{
 		"binary_size_patu": true, "binary_size_patu_cni": false,
-		"daemon_rss_idle": true, "daemon_rss_peak": false, "daemon_rss_after_churn": true,
+		"daemon_anon_idle": true, "daemon_anon_peak": false,
 		"daemon_idle_cpu": true, "daemon_idle_wakeups": false,
 		"cni_add_overhead_p50": false,
 	}
@@ -265,9 +293,9 @@ func TestWriteFootprintTable(t *testing.T) {
 	writeFootprintTable(&b, r, machine{NProc: 2, Kernel: "6.18", CPUModel: "cpu"})
 	out := b.String()
 	for _, want := range []string{
-		"patu binary", "≤ 20 met", "patu-cni binary", "≤ 20 NOT MET",
-		"daemon RSS idle, 10 s after ready", "anon 2.0 + file 7.5 (7.4 of it the patu binary)",
-		"daemon RSS peak, churn of 50 pods", "≤ 15 NOT MET",
+		"patu binary", "≤ 25 met", "patu-cni binary", "≤ 20 NOT MET",
+		"daemon RssAnon idle, 10 s after ready", "VmRSS 9.5 = anon 2.0 + file 7.5 (7.4 of it the patu binary); PSS 5.9 = anon 2.0 + file 3.9",
+		"≤ 4 met", "daemon RssAnon peak, churn of 50 pods", "≤ 8 NOT MET", "(VmRSS peak 17.0)",
 		"daemon idle wake-ups", "≈ 0 (≤ 1 NOT MET)",
 		"pod start, RunPod → ready", "none set", "+10.0",
 		"CNI ADD, bridge+host-local (+patu)", "≤ 5 NOT MET", "+20.0",
@@ -280,8 +308,20 @@ func TestWriteFootprintTable(t *testing.T) {
 			t.Errorf("table lacks %q:\n%s", want, out)
 		}
 	}
-	if strings.Contains(out, "FAILED") {
-		t.Errorf("a complete report printed FAILED:\n%s", out)
+	if strings.Contains(out, "FAILED") || strings.Contains(out, "side by side") {
+		t.Errorf("a complete report of one build printed FAILED or a comparison:\n%s", out)
+	}
+	// With a second build, the two are compared.
+	other := *r.Daemons[0]
+	other.Build, other.Binary.Bytes = "8364930", 6<<20
+	other.RSS = []rssPoint{{When: "idle", VmRSS: 9000, RssAnon: 1400, RssFile: 7600}}
+	r.Daemons = append(r.Daemons, &other)
+	b.Reset()
+	writeFootprintTable(&b, r, machine{})
+	for _, want := range []string{"daemon builds side by side", "this build", "8364930", "RssAnon idle", "1.4", "RssAnon peak"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("comparison lacks %q:\n%s", want, b.String())
+		}
 	}
 	r.Error = "pod start: boom\nmore"
 	b.Reset()

@@ -33,6 +33,9 @@ type config struct {
 	// (footprintSettings).
 	fpIdle                  time.Duration
 	fpPods, fpStarts, fpCNI int
+	// fpAgainst is a git revision whose daemon the footprint measures
+	// beside this build's.
+	fpAgainst string
 }
 
 func main() {
@@ -48,6 +51,7 @@ func main() {
 	flag.DurationVar(&cfg.fpIdle, "footprint-idle", 0, "footprint: the daemon's idle CPU and wake-up window (default 30s, 10s with -quick)")
 	flag.IntVar(&cfg.fpPods, "footprint-pods", 0, "footprint: pods churned for the daemon's peak RSS (default 50, 10 with -quick)")
 	flag.IntVar(&cfg.fpStarts, "footprint-starts", 0, "footprint: timed pod starts per lab (default 20, 5 with -quick)")
+	flag.StringVar(&cfg.fpAgainst, "footprint-against", "", "footprint: also measure the daemon built from this git revision, side by side")
 	flag.IntVar(&cfg.fpCNI, "footprint-cni", 0, "footprint: timed CNI ADD/DEL pairs and single execs (default 50, 12 with -quick)")
 	flag.Parse()
 	explicitOut := false
