@@ -12,6 +12,10 @@ import (
 
 const defaultBPFFS = "/sys/fs/bpf"
 
+// errNoBPFFS is wrapped by checkBPFFS's error when the directory is not on
+// a bpffs: nothing can be pinned there, so nothing of Patu's is.
+var errNoBPFFS = errors.New("not on a bpffs")
+
 // EnsureBPFFS checks that dir is on a bpffs, mounting one at /sys/fs/bpf
 // when dir lies below it and nothing is mounted there yet.
 func EnsureBPFFS(dir string) error {
@@ -37,7 +41,7 @@ func checkBPFFS(dir string) error {
 		err := unix.Statfs(p, &st)
 		if err == nil {
 			if st.Type != unix.BPF_FS_MAGIC {
-				return fmt.Errorf("%s is not on a bpffs: mount -t bpf bpf %s", p, defaultBPFFS)
+				return fmt.Errorf("%s is %w: mount -t bpf bpf %s", p, errNoBPFFS, defaultBPFFS)
 			}
 			return nil
 		}
@@ -50,6 +54,19 @@ func checkBPFFS(dir string) error {
 		}
 		p = parent
 	}
+}
+
+// notLoadedNoBPFFS tells an unmounted bpffs from a misconfigured pin
+// directory. With no bpffs under pinDir and no pinDir at all, nothing can
+// be pinned, so Patu is simply not loaded: the first command on a fresh
+// machine must say that, not fail. A pin directory that exists off a bpffs
+// is a mistake worth an error.
+func notLoadedNoBPFFS(pinDir string, err error) bool {
+	if !errors.Is(err, errNoBPFFS) {
+		return false
+	}
+	_, serr := os.Stat(pinDir)
+	return errors.Is(serr, fs.ErrNotExist)
 }
 
 func isBelow(dir, base string) bool {

@@ -217,6 +217,9 @@ func Open(pinDir string) (*Datapath, error) {
 		pinDir = DefaultPinDir
 	}
 	if err := checkBPFFS(pinDir); err != nil {
+		if notLoadedNoBPFFS(pinDir, err) {
+			return nil, fmt.Errorf("%w: no bpffs is mounted for %s, so nothing is pinned (patu load mounts one)", ErrNotLoaded, pinDir)
+		}
 		return nil, err
 	}
 	d := &Datapath{pinDir: pinDir}
@@ -254,6 +257,9 @@ func Open(pinDir string) (*Datapath, error) {
 
 // UnloadResult says what Unload left behind and why.
 type UnloadResult struct {
+	// NotLoaded is set when there was nothing to unload: no pin
+	// directory, or no bpffs mounted for it at all.
+	NotLoaded bool
 	// LiveSockets is the number of sockets still in the socket map. Their
 	// connections keep working; the receive proof stays until they close.
 	LiveSockets int
@@ -272,9 +278,14 @@ func Unload(pinDir string) (UnloadResult, error) {
 		pinDir = DefaultPinDir
 	}
 	if err := checkBPFFS(pinDir); err != nil {
+		if notLoadedNoBPFFS(pinDir, err) {
+			res.NotLoaded = true
+			return res, nil
+		}
 		return res, err
 	}
 	if _, err := os.Stat(pinDir); errors.Is(err, fs.ErrNotExist) {
+		res.NotLoaded = true
 		return res, nil
 	}
 	// Detach first, so no new socket is added while we look.

@@ -138,6 +138,10 @@ func cmdUnload(out io.Writer, pinDir string, args []string) error {
 	if err != nil {
 		return err
 	}
+	if res.NotLoaded {
+		fmt.Fprintf(out, "patu is not loaded: nothing to unload (nothing pinned under %s)\n", pinDir)
+		return nil
+	}
 	if res.LiveSockets > 0 {
 		fmt.Fprintf(out, "patu unloaded; %d sockets are still in the socket map and keep their path until they close (kept: %s; patu unload again cleans up)\n", res.LiveSockets, res.Kept)
 		return nil
@@ -184,6 +188,14 @@ func cmdEndpoint(out io.Writer, pinDir string, args []string) error {
 		}
 	}
 	d, err := bpf.Open(pinDir)
+	if errors.Is(err, bpf.ErrNotLoaded) && sub == "list" {
+		// Nothing loaded is an empty list, said plainly.
+		if *format == "json" {
+			return writeJSON(out, []bpf.Endpoint{})
+		}
+		fmt.Fprintf(out, "patu is not loaded: no endpoints (nothing pinned under %s)\n", pinDir)
+		return nil
+	}
 	if err != nil {
 		return err
 	}
@@ -227,7 +239,10 @@ func writeEndpoints(out io.Writer, eps []bpf.Endpoint) {
 
 // Status is what `patu status -o json` prints.
 type Status struct {
-	PinDir      string           `json:"pin_dir"`
+	PinDir string `json:"pin_dir"`
+	// Loaded is false when nothing of Patu is pinned under PinDir; the
+	// other fields are empty then.
+	Loaded      bool             `json:"loaded"`
 	LiveSockets int              `json:"live_sockets"`
 	Attachments []bpf.Attachment `json:"attachments"`
 	Endpoints   []bpf.Endpoint   `json:"endpoints"`
@@ -270,6 +285,9 @@ func cmdStatus(out io.Writer, pinDir string, args []string) error {
 		st.HookFailures = &hf
 	}
 	d, err := bpf.Open(pinDir)
+	if errors.Is(err, bpf.ErrNotLoaded) {
+		return writeNotLoaded(out, st, *format, *stateDir)
+	}
 	if err != nil {
 		if st.HookFailures != nil {
 			return fmt.Errorf("%w\n%s", err, hookFailureLine(*stateDir, *st.HookFailures))
@@ -277,6 +295,7 @@ func cmdStatus(out io.Writer, pinDir string, args []string) error {
 		return err
 	}
 	defer d.Close()
+	st.Loaded = true
 	if st.LiveSockets, err = d.LiveSockets(); err != nil {
 		return err
 	}
@@ -336,6 +355,19 @@ func cmdStatus(out io.Writer, pinDir string, args []string) error {
 	writeXDP(out, st.XDP)
 	if st.HookFailures != nil {
 		fmt.Fprintf(out, "\n%s\n", hookFailureLine(*stateDir, *st.HookFailures))
+	}
+	return nil
+}
+
+// writeNotLoaded is the status of a node where Patu is not loaded: a state
+// to report, not an error (the first command on a fresh machine).
+func writeNotLoaded(out io.Writer, st Status, format, stateDir string) error {
+	if format == "json" {
+		return writeJSON(out, st)
+	}
+	fmt.Fprintf(out, "patu is not loaded: nothing is pinned under %s (start it with patu load or patu daemon)\n", st.PinDir)
+	if st.HookFailures != nil {
+		fmt.Fprintf(out, "\n%s\n", hookFailureLine(stateDir, *st.HookFailures))
 	}
 	return nil
 }

@@ -54,7 +54,21 @@ func TestCLIRoundTrip(t *testing.T) {
 		t.Error("deleting an unknown endpoint succeeded")
 	}
 	run("unload")
-	if err := runTo(context.Background(), &out, []string{"--bpffs", pin, "status"}); err == nil || !strings.Contains(err.Error(), "patu load") {
-		t.Errorf("status after unload: %v, want a hint to run patu load", err)
+	// Not loaded is a state to report, with the way out.
+	if got := run("status"); !strings.Contains(got, "patu is not loaded") || !strings.Contains(got, "patu load") {
+		t.Errorf("status after unload: %q, want a hint to run patu load", got)
+	}
+	st = Status{Loaded: true}
+	if err := json.Unmarshal([]byte(run("status", "-o", "json")), &st); err != nil || st.Loaded || st.PinDir != pin {
+		t.Errorf("status -o json after unload: %+v, %v", st, err)
+	}
+	if got := run("unload"); !strings.Contains(got, "nothing to unload") {
+		t.Errorf("unload twice: %q", got)
+	}
+	if got := run("endpoint", "list"); !strings.Contains(got, "patu is not loaded") {
+		t.Errorf("endpoint list after unload: %q", got)
+	}
+	if err := runTo(context.Background(), &out, []string{"--bpffs", pin, "endpoint", "add", "10.201.98.2"}); err == nil || !strings.Contains(err.Error(), "patu load") {
+		t.Errorf("endpoint add after unload: %v, want a hint to run patu load", err)
 	}
 }

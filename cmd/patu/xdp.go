@@ -73,6 +73,10 @@ func cmdXDP(out io.Writer, pinDir string, args []string) error {
 		}
 	}
 	d, err := bpf.Open(pinDir)
+	if errors.Is(err, bpf.ErrNotLoaded) && sub == "detach" {
+		fmt.Fprintf(out, "patu is not loaded: nothing attached to %s\n", arg)
+		return nil
+	}
 	if err != nil {
 		return err
 	}
