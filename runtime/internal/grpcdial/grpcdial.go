@@ -17,6 +17,10 @@ import (
 // ListContainers on a busy node outgrows gRPC's usual 4 MiB.
 const MaxMessageSize = 16 << 20
 
+// readBufferSize is the connection's read buffer: a sandbox status or an
+// event is a few KiB; larger messages are read through it in parts.
+const readBufferSize = 8 << 10
+
 // Keepalive settings. grpc-go servers (containerd, CRI-O) by default close
 // a connection whose client pings more often than every 5 minutes, so the
 // interval cannot be shorter; a runtime that does not answer a ping within
@@ -59,6 +63,11 @@ func Dial(endpoint string, opts ...grpc.DialOption) (*grpc.ClientConn, string, e
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageSize)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: keepaliveTime, Timeout: keepaliveTimeout}),
+		// The daemon sends a request now and then and reads small
+		// events: per-connection buffers of grpc's default 32 KiB each
+		// would sit mostly idle in its heap.
+		grpc.WithReadBufferSize(readBufferSize),
+		grpc.WithSharedWriteBuffer(true),
 		// A local runtime restarts in well under a second; grpc's default
 		// backoff caps at 2 minutes, which would leave the node's pods
 		// unwatched that long after a slow restart.
