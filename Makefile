@@ -28,9 +28,8 @@ generate: ## regenerate the eBPF objects and Go bindings from bpf/*.c
 check-generated: generate ## fail when committed generated files differ from their sources
 	@git diff --exit-code --stat -- bpf/ || { echo "generated files are stale: run make generate and commit" >&2; exit 1; }
 
-test: test-deps check-generated ## all tiers: unit, privileged (netns/cgroup/BPF), e2e; needs root
-	$(GO) vet ./...
-	PATU_REQUIRE_CRIO=1 $(GO) test -count=1 -timeout 25m ./...
+test: ## all tiers (setup, static, unit, privileged, e2e), each timed; needs root. TIERS="unit privileged" for some
+	@hack/test.sh
 
 test-unit: ## unprivileged tests only
 	PATU_SKIP_PRIVILEGED=1 $(GO) test -count=1 ./...

@@ -22,6 +22,7 @@ import (
 	"github.com/patu-dev/patu/internal/logtail"
 	"github.com/patu-dev/patu/internal/peerresult"
 	"github.com/patu-dev/patu/internal/rtlab"
+	"github.com/patu-dev/patu/internal/testnet"
 	"github.com/patu-dev/patu/netns"
 )
 
@@ -93,6 +94,7 @@ type nodeConfig struct {
 
 func newNode(t *testing.T, cfg nodeConfig) *node {
 	t.Helper()
+	testnet.Privileged(t)
 	rtlab.Sweep(cfg.prefix)
 	pinDir := "/sys/fs/bpf/patu-e2e-" + cfg.prefix
 	bpf.Unload(pinDir)

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Runs every test tier of `make test`, one after the other, and prints
+# what each took at the end (also when one failed): CI has 90 minutes on a
+# 2-core machine, and a cold run (empty Go and tool caches) must stay under
+# 60 min, a warm one under 20.
+#
+#   setup       install missing packages, build the runtimes (cached)
+#   static      generated files match their sources; go vet
+#   unit        every package, PATU_SKIP_PRIVILEGED=1
+#   privileged  real netns, veth, bridge, cgroups and BPF
+#   e2e         real runtimes (containerd 1.6/2.x, CRI-O, podman) and programs
+#
+# A tier that fails does not stop the later ones (their results are worth
+# having), except setup, which they need. TIERS="unit privileged" runs
+# only those; GOTESTFLAGS adds flags to every go test.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/local/go/bin"
+
+# Packages with real runtimes and applications; everything else that needs
+# root is the privileged tier.
+E2E_PKGS=(./internal/rtlab ./test/e2e ./test/crio ./test/podman ./test/demo)
+
+all_tiers=(setup static unit privileged e2e)
+read -r -a tiers <<<"${TIERS:-${all_tiers[*]}}"
+declare -A took status
+failed=0
+t_all=$SECONDS
+
+privileged_pkgs() {
+	local skip
+	skip=$(printf '%s\n' "${E2E_PKGS[@]}" | sed 's#^\./#github.com/patu-dev/patu/#')
+	go list ./... | grep -vxF "$skip"
+}
+
+run_tier() {
+	case $1 in
+	setup) make --no-print-directory test-deps ;;
+	static) make --no-print-directory check-generated && go vet ./... ;;
+	unit) PATU_SKIP_PRIVILEGED=1 go test -count=1 ${GOTESTFLAGS:-} ./... ;;
+	privileged) go test -count=1 -timeout 20m ${GOTESTFLAGS:-} $(privileged_pkgs) ;;
+	e2e) PATU_REQUIRE_CRIO=1 go test -count=1 -timeout 25m ${GOTESTFLAGS:-} "${E2E_PKGS[@]}" ;;
+	*)
+		echo "test: unknown tier $1 (tiers: ${all_tiers[*]})" >&2
+		return 2
+		;;
+	esac
+}
+
+summary() {
+	echo
+	echo "test tiers (this machine: $(nproc) CPUs):"
+	local t
+	for t in "${tiers[@]}"; do
+		[ -n "${status[$t]:-}" ] || status[$t]="not run"
+		printf '  %-11s %-8s %6s s\n' "$t" "${status[$t]}" "${took[$t]:--}"
+	done
+	printf '  %-11s %-8s %6s s\n' total "$([ $failed = 0 ] && echo ok || echo FAILED)" $((SECONDS - t_all))
+}
+trap summary EXIT
+
+for t in "${tiers[@]}"; do
+	echo "== tier $t"
+	t0=$SECONDS
+	if run_tier "$t"; then
+		status[$t]=ok
+	else
+		status[$t]=FAILED
+		failed=1
+	fi
+	took[$t]=$((SECONDS - t0))
+	echo "== tier $t: ${status[$t]} in ${took[$t]} s"
+	if [ "$t" = setup ] && [ "${status[$t]}" != ok ]; then
+		break
+	fi
+done
+exit $failed
