@@ -16,6 +16,10 @@ type Endpoint struct {
 	Name string     `json:"name,omitempty"`
 	// NoRedirect opts the endpoint out: its sockets always use TCP.
 	NoRedirect bool `json:"no_redirect,omitempty"`
+	// Socket opts the endpoint in to the socket path: its connections
+	// with another such endpoint are short-circuited socket to socket,
+	// where the application can tell (see the README).
+	Socket bool `json:"socket,omitempty"`
 }
 
 func endpointKey(ip netip.Addr) [16]byte {
@@ -34,7 +38,10 @@ func (d *Datapath) AddEndpoint(ep Endpoint) error {
 	}
 	var v redirectEndpoint
 	if ep.NoRedirect {
-		v.Flags = 1 // ENDPOINT_NO_REDIRECT
+		v.Flags |= uint32(redirectEndpointFlagsENDPOINT_NO_REDIRECT)
+	}
+	if ep.Socket {
+		v.Flags |= uint32(redirectEndpointFlagsENDPOINT_SOCKET)
 	}
 	for i := 0; i < len(ep.Name); i++ {
 		v.Name[i] = int8(ep.Name[i])
@@ -73,7 +80,8 @@ func (d *Datapath) Endpoints() ([]Endpoint, error) {
 		out = append(out, Endpoint{
 			IP:         netip.AddrFrom16(key).Unmap(),
 			Name:       string(bytes.TrimRight(name, "\x00")),
-			NoRedirect: val.Flags&1 != 0,
+			NoRedirect: val.Flags&uint32(redirectEndpointFlagsENDPOINT_NO_REDIRECT) != 0,
+			Socket:     val.Flags&uint32(redirectEndpointFlagsENDPOINT_SOCKET) != 0,
 		})
 	}
 	if err := it.Err(); err != nil {

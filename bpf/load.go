@@ -4,8 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -35,6 +38,16 @@ type Options struct {
 	// Zero values select the defaults (shift 1, floor 2 MiB).
 	BackpressureShift uint32
 	BackpressureFloor uint32
+	// ConntrackEstablished is the timeout, in ms, the local packet path
+	// keeps an admitted flow's conntrack entry at (conntrack sees none of
+	// its packets). Zero reads nf_conntrack_tcp_timeout_established of
+	// the caller's network namespace (432000 s when conntrack is absent).
+	ConntrackEstablished uint32
+	// ConntrackRefresh is how often an open flow's conntrack entry is
+	// given that timeout again (default 30 s); CloseGrace how long a
+	// closed flow stays on the local path, and its conntrack entry, after
+	// RST or the second FIN (default 10 s).
+	ConntrackRefresh, CloseGrace time.Duration
 	// TestLatePeer hides each accepted socket from senders for a random
 	// time up to this long, as if its establishment lost the race with
 	// the first send. Fault injection for tests only.
@@ -83,6 +96,15 @@ func Load(opts Options) (*Datapath, error) {
 	}
 	if opts.BackpressureFloor == 0 {
 		opts.BackpressureFloor = 2 << 20
+	}
+	if opts.ConntrackEstablished == 0 {
+		opts.ConntrackEstablished = establishedTimeoutMs()
+	}
+	if opts.ConntrackRefresh == 0 {
+		opts.ConntrackRefresh = 30 * time.Second
+	}
+	if opts.CloseGrace == 0 {
+		opts.CloseGrace = 10 * time.Second
 	}
 	if err := EnsureBPFFS(opts.PinDir); err != nil {
 		return nil, err
@@ -143,11 +165,29 @@ func Load(opts Options) (*Datapath, error) {
 		d.Close()
 		return nil, err
 	}
-	if err := d.loadXDP(); err != nil {
+	if err := d.loadXDP(opts); err != nil {
 		d.Close()
 		return nil, err
 	}
 	return d, nil
+}
+
+// establishedTimeoutMs is conntrack's timeout of an established TCP
+// connection in this network namespace, in ms; its default when conntrack
+// is not there.
+func establishedTimeoutMs() uint32 {
+	const fallback = 432000
+	b, err := os.ReadFile("/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established")
+	s := fallback
+	if err == nil {
+		if v, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && v > 0 {
+			s = v
+		}
+	}
+	if s > math.MaxUint32/1000 {
+		s = math.MaxUint32 / 1000
+	}
+	return uint32(s) * 1000
 }
 
 func (d *Datapath) install(progs *redirectPrograms) error {
@@ -265,6 +305,11 @@ type UnloadResult struct {
 	LiveSockets int
 	// Kept is the directory holding what those sockets still need.
 	Kept string
+	// LiveFlows is the number of connection directions still on the
+	// local packet path: their pods' programs stay attached, without
+	// taking new connections, until they close (kept in KeptFlows).
+	LiveFlows int
+	KeptFlows string
 }
 
 // Unload detaches Patu from every cgroup and removes its pins. Live
@@ -296,7 +341,11 @@ func Unload(pinDir string) (UnloadResult, error) {
 			return res, fmt.Errorf("detach cgroup link %s: %w", e.Name(), err)
 		}
 	}
-	detachXDPLinks(pinDir)
+	detachUplinks(pinDir)
+	if err := drainLocal(pinDir, &res); err != nil {
+		return res, err
+	}
+	detachPodLinks(pinDir)
 	if socks, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, "patu_socks"), nil); err == nil {
 		res.LiveSockets, _ = countKeys(socks)
 		if res.LiveSockets > 0 {
@@ -357,6 +406,16 @@ func sweepDraining(pinDir string) (int, error) {
 	left := 0
 	for _, e := range entries {
 		dir := filepath.Join(base, e.Name())
+		if strings.HasPrefix(e.Name(), drainLocalPrefix) {
+			live, err := sweepDrainingLocal(dir)
+			if err != nil {
+				return left, err
+			}
+			if live {
+				left++
+			}
+			continue
+		}
 		socks, err := ebpf.LoadPinnedMap(filepath.Join(dir, "patu_socks"), nil)
 		n := 0
 		if err == nil {

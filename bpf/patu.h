@@ -67,6 +67,10 @@ struct endpoint_key {
 enum endpoint_flags {
 	/* Registered, but its sockets are never redirected (opt-out). */
 	ENDPOINT_NO_REDIRECT = 1 << 0,
+	/* Its sockets may take the socket path (opt-in): only where both ends
+	 * have it. Otherwise the pods' TCP takes the packet path (local.h),
+	 * which no application can tell from TCP. */
+	ENDPOINT_SOCKET = 1 << 1,
 };
 
 struct endpoint {
@@ -138,6 +142,7 @@ enum counter {
 	CNT_RECV_PROVEN,        /* sockets whose application read with recvmsg */
 	CNT_CLOSED_UNREAD,      /* closed with redirected bytes never read */
 	CNT_SOCK_CLOSED,
+	CNT_SKIP_NOT_SOCKET,    /* an end has not opted in to the socket path */
 	CNT_FALLBACK_MSGS,      /* FB_MAX counters, one per enum fallback_reason */
 	CNT_FALLBACK_BYTES = CNT_FALLBACK_MSGS + FB_MAX,
 	CNT_MAX = CNT_FALLBACK_BYTES + FB_MAX,

@@ -52,6 +52,8 @@ type Pod struct {
 	// Cgroups are the cgroup ids Patu attached sockops to for this pod.
 	Cgroups    []uint64 `json:"cgroups,omitempty"`
 	NoRedirect bool     `json:"no_redirect,omitempty"`
+	// Socket opts the pod in to the socket path (see Endpoint.Socket).
+	Socket bool `json:"socket,omitempty"`
 	// NoXDP keeps traffic from the uplink to the pod on the normal path
 	// (netfilter, policy) even where the XDP fast path is on.
 	NoXDP bool `json:"no_xdp,omitempty"`
@@ -106,6 +108,7 @@ const (
 	podConfirmed
 	podNoXDP
 	podGROSet
+	podSocket
 )
 
 func putString(dst []byte, field, s string) error {
@@ -159,6 +162,9 @@ func encodePod(p Pod) (podKey, podValue, error) {
 	if p.NoRedirect {
 		v.Flags |= podNoRedirect
 	}
+	if p.Socket {
+		v.Flags |= podSocket
+	}
 	if p.Confirmed {
 		v.Flags |= podConfirmed
 	}
@@ -184,6 +190,7 @@ func decodePod(k podKey, v podValue) Pod {
 		HostIfindex: v.HostIfindex,
 		Source:      PodSource(v.Source),
 		NoRedirect:  v.Flags&podNoRedirect != 0,
+		Socket:      v.Flags&podSocket != 0,
 		Confirmed:   v.Flags&podConfirmed != 0,
 		NoXDP:       v.Flags&podNoXDP != 0,
 		GROSet:      v.Flags&podGROSet != 0,

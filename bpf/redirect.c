@@ -102,7 +102,11 @@ static __always_inline void swap_key(const struct sock_key *in, struct sock_key 
 	out->remote_port = in->local_port;
 }
 
-/* Both ends registered and neither opted out? */
+/* Both ends registered, both opted in to the socket path, neither opted
+ * out? A socket in the socket map reads through the kernel's sockmap
+ * receive path (no splice(2), EAGAIN for blocking readers on spurious
+ * wake-ups, no FIONREAD), so only sockets of pods that asked for it go
+ * there. */
 static __always_inline int eligible(const struct sock_key *key)
 {
 	struct endpoint *l, *r;
@@ -115,6 +119,10 @@ static __always_inline int eligible(const struct sock_key *key)
 	}
 	if ((l->flags | r->flags) & ENDPOINT_NO_REDIRECT) {
 		count(CNT_SKIP_OPT_OUT, 1);
+		return 0;
+	}
+	if (!(l->flags & r->flags & ENDPOINT_SOCKET)) {
+		count(CNT_SKIP_NOT_SOCKET, 1);
 		return 0;
 	}
 	return 1;
@@ -363,4 +371,5 @@ int BPF_PROG(patu_recv_proof, struct sock *sk, int ret, int flags)
 const enum counter *unused_counter __attribute__((unused));
 const enum fallback_reason *unused_reason __attribute__((unused));
 const enum path_mode *unused_mode __attribute__((unused));
+const enum endpoint_flags *unused_endpoint_flags __attribute__((unused));
 const struct endpoint_key *unused_endpoint_key __attribute__((unused));

@@ -31,9 +31,10 @@ const (
 	redirectCounterCNT_RECV_PROVEN        redirectCounter = 12
 	redirectCounterCNT_CLOSED_UNREAD      redirectCounter = 13
 	redirectCounterCNT_SOCK_CLOSED        redirectCounter = 14
-	redirectCounterCNT_FALLBACK_MSGS      redirectCounter = 15
-	redirectCounterCNT_FALLBACK_BYTES     redirectCounter = 21
-	redirectCounterCNT_MAX                redirectCounter = 27
+	redirectCounterCNT_SKIP_NOT_SOCKET    redirectCounter = 15
+	redirectCounterCNT_FALLBACK_MSGS      redirectCounter = 16
+	redirectCounterCNT_FALLBACK_BYTES     redirectCounter = 22
+	redirectCounterCNT_MAX                redirectCounter = 28
 )
 
 type redirectEndpoint struct {
@@ -42,6 +43,13 @@ type redirectEndpoint struct {
 	Pad   uint32
 	Name  [64]int8
 }
+
+type redirectEndpointFlags uint32
+
+const (
+	redirectEndpointFlagsENDPOINT_NO_REDIRECT redirectEndpointFlags = 1
+	redirectEndpointFlagsENDPOINT_SOCKET      redirectEndpointFlags = 2
+)
 
 type redirectEndpointKey struct {
 	_  structs.HostLayout
@@ -101,21 +109,22 @@ type redirectSockRec struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	redirectMapPatuCounters      = "patu_counters"
-	redirectMapPatuEndpoints     = "patu_endpoints"
-	redirectMapPatuSkState       = "patu_sk_state"
-	redirectMapPatuSockRecs      = "patu_sock_recs"
-	redirectMapPatuSocks         = "patu_socks"
-	redirectProgPatuRecvProof    = "patu_recv_proof"
-	redirectProgPatuSkMsg        = "patu_sk_msg"
-	redirectProgPatuSockops      = "patu_sockops"
-	redirectVarBpFloor           = "bp_floor"
-	redirectVarBpShift           = "bp_shift"
-	redirectVarTestLatePeerNs    = "test_late_peer_ns"
-	redirectVarUnusedCounter     = "unused_counter"
-	redirectVarUnusedEndpointKey = "unused_endpoint_key"
-	redirectVarUnusedMode        = "unused_mode"
-	redirectVarUnusedReason      = "unused_reason"
+	redirectMapPatuCounters        = "patu_counters"
+	redirectMapPatuEndpoints       = "patu_endpoints"
+	redirectMapPatuSkState         = "patu_sk_state"
+	redirectMapPatuSockRecs        = "patu_sock_recs"
+	redirectMapPatuSocks           = "patu_socks"
+	redirectProgPatuRecvProof      = "patu_recv_proof"
+	redirectProgPatuSkMsg          = "patu_sk_msg"
+	redirectProgPatuSockops        = "patu_sockops"
+	redirectVarBpFloor             = "bp_floor"
+	redirectVarBpShift             = "bp_shift"
+	redirectVarTestLatePeerNs      = "test_late_peer_ns"
+	redirectVarUnusedCounter       = "unused_counter"
+	redirectVarUnusedEndpointFlags = "unused_endpoint_flags"
+	redirectVarUnusedEndpointKey   = "unused_endpoint_key"
+	redirectVarUnusedMode          = "unused_mode"
+	redirectVarUnusedReason        = "unused_reason"
 )
 
 // loadRedirect returns the embedded CollectionSpec for redirect.
@@ -180,13 +189,14 @@ type redirectMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type redirectVariableSpecs struct {
-	BpFloor           *ebpf.VariableSpec `ebpf:"bp_floor"`
-	BpShift           *ebpf.VariableSpec `ebpf:"bp_shift"`
-	TestLatePeerNs    *ebpf.VariableSpec `ebpf:"test_late_peer_ns"`
-	UnusedCounter     *ebpf.VariableSpec `ebpf:"unused_counter"`
-	UnusedEndpointKey *ebpf.VariableSpec `ebpf:"unused_endpoint_key"`
-	UnusedMode        *ebpf.VariableSpec `ebpf:"unused_mode"`
-	UnusedReason      *ebpf.VariableSpec `ebpf:"unused_reason"`
+	BpFloor             *ebpf.VariableSpec `ebpf:"bp_floor"`
+	BpShift             *ebpf.VariableSpec `ebpf:"bp_shift"`
+	TestLatePeerNs      *ebpf.VariableSpec `ebpf:"test_late_peer_ns"`
+	UnusedCounter       *ebpf.VariableSpec `ebpf:"unused_counter"`
+	UnusedEndpointFlags *ebpf.VariableSpec `ebpf:"unused_endpoint_flags"`
+	UnusedEndpointKey   *ebpf.VariableSpec `ebpf:"unused_endpoint_key"`
+	UnusedMode          *ebpf.VariableSpec `ebpf:"unused_mode"`
+	UnusedReason        *ebpf.VariableSpec `ebpf:"unused_reason"`
 }
 
 // redirectObjects contains all objects after they have been loaded into the kernel.
@@ -230,13 +240,14 @@ func (m *redirectMaps) Close() error {
 //
 // It can be passed to loadRedirectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type redirectVariables struct {
-	BpFloor           *ebpf.Variable `ebpf:"bp_floor"`
-	BpShift           *ebpf.Variable `ebpf:"bp_shift"`
-	TestLatePeerNs    *ebpf.Variable `ebpf:"test_late_peer_ns"`
-	UnusedCounter     *ebpf.Variable `ebpf:"unused_counter"`
-	UnusedEndpointKey *ebpf.Variable `ebpf:"unused_endpoint_key"`
-	UnusedMode        *ebpf.Variable `ebpf:"unused_mode"`
-	UnusedReason      *ebpf.Variable `ebpf:"unused_reason"`
+	BpFloor             *ebpf.Variable `ebpf:"bp_floor"`
+	BpShift             *ebpf.Variable `ebpf:"bp_shift"`
+	TestLatePeerNs      *ebpf.Variable `ebpf:"test_late_peer_ns"`
+	UnusedCounter       *ebpf.Variable `ebpf:"unused_counter"`
+	UnusedEndpointFlags *ebpf.Variable `ebpf:"unused_endpoint_flags"`
+	UnusedEndpointKey   *ebpf.Variable `ebpf:"unused_endpoint_key"`
+	UnusedMode          *ebpf.Variable `ebpf:"unused_mode"`
+	UnusedReason        *ebpf.Variable `ebpf:"unused_reason"`
 }
 
 // redirectPrograms contains all programs after they have been loaded into the kernel.

@@ -8,11 +8,15 @@ import (
 
 // Counters are the data path's counters, summed over CPUs.
 type Counters struct {
-	SocketsSeen       uint64 `json:"sockets_seen"`
-	SocketsInserted   uint64 `json:"sockets_inserted"`
-	SocketsClosed     uint64 `json:"sockets_closed"`
-	SkipNotLocal      uint64 `json:"skip_not_local"`
-	SkipOptOut        uint64 `json:"skip_opt_out"`
+	SocketsSeen     uint64 `json:"sockets_seen"`
+	SocketsInserted uint64 `json:"sockets_inserted"`
+	SocketsClosed   uint64 `json:"sockets_closed"`
+	SkipNotLocal    uint64 `json:"skip_not_local"`
+	SkipOptOut      uint64 `json:"skip_opt_out"`
+	// SkipNotSocket counts sockets between registered pods that stay
+	// off the socket path because an end has not opted in to it (they
+	// take the packet path).
+	SkipNotSocket     uint64 `json:"skip_not_socket"`
 	SkipMPTCP         uint64 `json:"skip_mptcp"`
 	SkipULP           uint64 `json:"skip_ulp"`
 	InsertFailState   uint64 `json:"insert_fail_state"`
@@ -77,6 +81,7 @@ func (d *Datapath) Counters() (Counters, error) {
 		SocketsClosed:     raw[redirectCounterCNT_SOCK_CLOSED],
 		SkipNotLocal:      raw[redirectCounterCNT_SKIP_NOT_LOCAL],
 		SkipOptOut:        raw[redirectCounterCNT_SKIP_OPT_OUT],
+		SkipNotSocket:     raw[redirectCounterCNT_SKIP_NOT_SOCKET],
 		SkipMPTCP:         raw[redirectCounterCNT_SKIP_MPTCP],
 		SkipULP:           raw[redirectCounterCNT_SKIP_ULP],
 		InsertFailState:   raw[redirectCounterCNT_INSERT_FAIL_STATE],

@@ -2,7 +2,8 @@
 
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * Patu's fast path for traffic entering the node.
+ * Patu's packet programs: the fast path for traffic entering the node, and
+ * the program on each pod's host-side veth.
  *
  *  xdp (uplink)   a frame for a registered pod address, or for a hostPort of
  *                 the node, is rewritten (MACs, TTL / hop limit, for a
@@ -12,11 +13,14 @@
  *                 recorded so that its replies can skip them too.
  *                 Everything else passes to the kernel untouched.
  *  tcx ingress    on each pod's host-side veth (packets leaving the pod):
- *  (reply)        replies of a recorded flow get their source translated
- *                 back (hostPort flows) and, when the kernel's FIB sends
- *                 them out of the uplink the flow came in on, go straight
- *                 out of it. Only flows that came in through XDP are
- *                 touched; every other packet costs one LRU lookup.
+ *  (from pod)     TCP between two pods of the node takes the local packet
+ *                 path (local.h): admitted flows go straight into the
+ *                 other pod. Then replies of a flow XDP delivered get
+ *                 their source translated back (hostPort flows) and, when
+ *                 the kernel's FIB sends them out of the uplink the flow
+ *                 came in on, go straight out of it. Everything else goes
+ *                 on to the normal path; it costs one hash lookup (TCP)
+ *                 and one LRU lookup.
  *
  * Per-packet work is the product: one hash lookup per redirected frame for
  * the route, one for the flow (an insert only when it is missing), port
@@ -31,6 +35,7 @@
 #include <linux/pkt_cls.h>
 
 #include "xdp.h"
+#include "local.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -235,6 +240,8 @@ static __always_inline int xdp4(struct xdp_md *ctx, struct ethhdr *eth, void *da
 	if (r) {
 		if (r->flags & ROUTE_EXCLUDED)
 			return pass(XC_PASS_EXCLUDED_POD);
+		if (r->flags & ROUTE_NO_MACS)
+			return pass(XC_PASS_NO_ROUTE);
 		if (port_bit(PORTS_EXCLUDED, iph->protocol, ports[1]))
 			return pass(XC_PASS_EXCLUDED_PORT);
 		fk.src[3] = iph->daddr;
@@ -276,6 +283,8 @@ static __always_inline int xdp4(struct xdp_md *ctx, struct ethhdr *eth, void *da
 			return pass(XC_PASS_NO_ROUTE);
 		if (r->flags & ROUTE_EXCLUDED)
 			return pass(XC_PASS_EXCLUDED_POD);
+		if (r->flags & ROUTE_NO_MACS)
+			return pass(XC_PASS_NO_ROUTE);
 
 		fk.src[3] = pod_ip;
 		fk.sport = pod_port;
@@ -371,6 +380,8 @@ static __always_inline int xdp6(struct xdp_md *ctx, struct ethhdr *eth, void *da
 	if (r) {
 		if (r->flags & ROUTE_EXCLUDED)
 			return pass(XC_PASS_EXCLUDED_POD);
+		if (r->flags & ROUTE_NO_MACS)
+			return pass(XC_PASS_NO_ROUTE);
 		if (port_bit(PORTS_EXCLUDED, nh, ports[1]))
 			return pass(XC_PASS_EXCLUDED_PORT);
 		__builtin_memcpy(fk.src, rk.ip, 16);
@@ -408,6 +419,8 @@ static __always_inline int xdp6(struct xdp_md *ctx, struct ethhdr *eth, void *da
 			return pass(XC_PASS_NO_ROUTE);
 		if (r->flags & ROUTE_EXCLUDED)
 			return pass(XC_PASS_EXCLUDED_POD);
+		if (r->flags & ROUTE_NO_MACS)
+			return pass(XC_PASS_NO_ROUTE);
 
 		__builtin_memcpy(fk.src, pod.ip, 16);
 		fk.sport = pod_port;
@@ -506,7 +519,7 @@ static __always_inline int reply_out(struct __sk_buff *skb, struct bpf_fib_looku
 	return bpf_redirect(fib->ifindex, 0);
 normal:
 	xcount(XC_REPLY_PASS);
-	return TC_ACT_OK;
+	return TC_NEXT;
 }
 
 static __always_inline int reply4(struct __sk_buff *skb)
@@ -526,20 +539,20 @@ static __always_inline int reply4(struct __sk_buff *skb)
 		 * the ports are read directly; the checksum helpers pull
 		 * what they write. */
 		if (bpf_skb_pull_data(skb, L3_OFF + sizeof(*iph) + 4))
-			return TC_ACT_OK;
+			return TC_NEXT;
 		data = (void *)(long)skb->data;
 		data_end = (void *)(long)skb->data_end;
 		iph = data + L3_OFF;
 		if ((void *)(iph + 1) + 4 > data_end)
-			return TC_ACT_OK;
+			return TC_NEXT;
 	}
 	proto = iph->protocol;
 	if (*(__u8 *)iph != 0x45 || (iph->frag_off & bpf_htons(IP_MF_OFFSET)) ||
 	    (proto != IPPROTO_TCP && proto != IPPROTO_UDP))
-		return TC_ACT_OK;
+		return TC_NEXT;
 	ports = (__u16 *)(iph + 1);
 	if ((void *)(ports + 2) > data_end)
-		return TC_ACT_OK;
+		return TC_NEXT;
 	fk.src[2] = bpf_htonl(0xffff);
 	fk.src[3] = iph->saddr;
 	fk.dst[2] = bpf_htonl(0xffff);
@@ -549,7 +562,7 @@ static __always_inline int reply4(struct __sk_buff *skb)
 	fk.proto = proto;
 	f = bpf_map_lookup_elem(&patu_xdp_flows, &fk);
 	if (!f)
-		return TC_ACT_OK;
+		return TC_NEXT;
 	uplink = f->uplink;
 	fib.family = AF_INET;
 	fib.ifindex = skb->ingress_ifindex;
@@ -597,19 +610,19 @@ static __always_inline int reply6(struct __sk_buff *skb)
 
 	if ((void *)(ip6 + 1) + 4 > data_end) {
 		if (bpf_skb_pull_data(skb, L3_OFF + sizeof(*ip6) + 4))
-			return TC_ACT_OK;
+			return TC_NEXT;
 		data = (void *)(long)skb->data;
 		data_end = (void *)(long)skb->data_end;
 		ip6 = data + L3_OFF;
 		if ((void *)(ip6 + 1) + 4 > data_end)
-			return TC_ACT_OK;
+			return TC_NEXT;
 	}
 	proto = ip6->nexthdr;
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
-		return TC_ACT_OK;
+		return TC_NEXT;
 	ports = (__u16 *)(ip6 + 1);
 	if ((void *)(ports + 2) > data_end)
-		return TC_ACT_OK;
+		return TC_NEXT;
 	__builtin_memcpy(fk.src, &ip6->saddr, 16);
 	__builtin_memcpy(fk.dst, &ip6->daddr, 16);
 	fk.sport = ports[0];
@@ -617,7 +630,7 @@ static __always_inline int reply6(struct __sk_buff *skb)
 	fk.proto = proto;
 	f = bpf_map_lookup_elem(&patu_xdp_flows, &fk);
 	if (!f)
-		return TC_ACT_OK;
+		return TC_NEXT;
 	uplink = f->uplink;
 	fib.family = AF_INET6;
 	fib.ifindex = skb->ingress_ifindex;
@@ -649,13 +662,19 @@ static __always_inline int reply6(struct __sk_buff *skb)
 }
 
 SEC("tcx/ingress")
-int patu_xdp_reply(struct __sk_buff *skb)
+int patu_from_pod(struct __sk_buff *skb)
 {
-	if (skb->protocol == bpf_htons(ETH_P_IP))
-		return reply4(skb);
-	if (skb->protocol == bpf_htons(ETH_P_IPV6))
-		return reply6(skb);
-	return TC_ACT_OK;
+	int rc;
+
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		rc = local4(skb);
+		return rc != TC_NEXT ? rc : reply4(skb);
+	}
+	if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		rc = local6(skb);
+		return rc != TC_NEXT ? rc : reply6(skb);
+	}
+	return TC_NEXT;
 }
 
 /* Referenced only so that their BTF reaches the Go bindings. */
@@ -664,3 +683,5 @@ const enum route_flags *unused_route_flags __attribute__((unused));
 const enum flow_flags *unused_flow_flags __attribute__((unused));
 const enum uplink_mode *unused_uplink_mode __attribute__((unused));
 const enum port_kind *unused_port_kind __attribute__((unused));
+const enum local_state *unused_local_state __attribute__((unused));
+const enum local_counter *unused_local_counter __attribute__((unused));

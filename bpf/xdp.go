@@ -15,27 +15,31 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The XDP fast path (xdp.c) for traffic entering the node: an XDP program
-// on the uplinks redirects frames for registered pod addresses and
-// hostPorts straight into the pods' host-side veths, and a tcx program on
-// those veths sends the replies of such flows back out. Its pins sit in
-// the same directory as the socket path's, all named patu_xdp_*.
+// The packet programs (xdp.c). The XDP fast path for traffic entering the
+// node: an XDP program on the uplinks redirects frames for registered pod
+// addresses and hostPorts straight into the pods' host-side veths. And the
+// program on each pod's host-side veth (tcx ingress, what the pod sends):
+// the local packet path between pods of the node (local.h), then the
+// replies of flows XDP delivered, sent back out. Their pins sit in the
+// same directory as the socket path's.
 const (
 	pinXDPProgUplink = "patu_xdp_prog_uplink"
-	pinXDPProgReply  = "patu_xdp_prog_reply"
+	pinProgFromPod   = "patu_prog_from_pod"
 	// pinXDPLinkPrefix + ifindex: the XDP link of an uplink.
 	pinXDPLinkPrefix = "patu_xdp_link_"
-	// dirXDPReply/<ifindex>: the tcx link on a pod's host-side veth.
-	dirXDPReply = "patu_xdp_reply"
+	// dirPodLinks/<ifindex>: the tcx link on a pod's host-side veth.
+	dirPodLinks = "patu_pod_links"
 )
 
-// xdpState holds the handles on the XDP path's pinned maps.
+// xdpState holds the handles on the packet programs' pinned maps.
 type xdpState struct {
 	routes, hostports, flows, ports, uplinks, counters *ebpf.Map
+	localFlows, localPending, localCounters            *ebpf.Map
 }
 
 func (x *xdpState) all() []**ebpf.Map {
-	return []**ebpf.Map{&x.routes, &x.hostports, &x.flows, &x.ports, &x.uplinks, &x.counters}
+	return []**ebpf.Map{&x.routes, &x.hostports, &x.flows, &x.ports, &x.uplinks, &x.counters,
+		&x.localFlows, &x.localPending, &x.localCounters}
 }
 
 func (x *xdpState) close() {
@@ -59,13 +63,22 @@ func (d *Datapath) xdpMaps() (*xdpState, error) {
 	return d.xdp, nil
 }
 
-// loadXDP loads the XDP path's programs, creating or reusing its pinned
-// maps, pins the programs (AttachXDP and AttachReply of any later process
+// loadXDP loads the packet programs, creating or reusing their pinned
+// maps, pins the programs (AttachXDP and AttachPod of any later process
 // use them) and moves every live XDP and tcx link to them.
-func (d *Datapath) loadXDP() error {
+func (d *Datapath) loadXDP(opts Options) error {
 	spec, err := loadXdp()
 	if err != nil {
 		return fmt.Errorf("read embedded XDP programs: %w", err)
+	}
+	for name, v := range map[string]any{
+		"ct_established_ms": opts.ConntrackEstablished,
+		"ct_refresh_ns":     uint64(opts.ConntrackRefresh.Nanoseconds()),
+		"close_grace_ns":    uint64(opts.CloseGrace.Nanoseconds()),
+	} {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return fmt.Errorf("set %s: %w", name, err)
+		}
 	}
 	var objs xdpObjects
 	err = spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: d.pinDir}})
@@ -83,14 +96,18 @@ func (d *Datapath) loadXDP() error {
 		ports:     objs.PatuXdpPorts,
 		uplinks:   objs.PatuXdpUplinks,
 		counters:  objs.PatuXdpCounters,
+
+		localFlows:    objs.PatuLocalFlows,
+		localPending:  objs.PatuLocalPending,
+		localCounters: objs.PatuLocalCounters,
 	}
 	if err := replacePin(objs.PatuXdpUplink, filepath.Join(d.pinDir, pinXDPProgUplink)); err != nil {
 		return err
 	}
-	if err := replacePin(objs.PatuXdpReply, filepath.Join(d.pinDir, pinXDPProgReply)); err != nil {
+	if err := replacePin(objs.PatuFromPod, filepath.Join(d.pinDir, pinProgFromPod)); err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Join(d.pinDir, dirXDPReply), 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Join(d.pinDir, dirPodLinks), 0o700); err != nil {
 		return fmt.Errorf("create pin directory: %w", err)
 	}
 	// An upgrade replaces the programs under live links, atomically.
@@ -99,8 +116,8 @@ func (d *Datapath) loadXDP() error {
 			return err
 		}
 	}
-	for _, pin := range d.replyLinkPins() {
-		if err := updateLink(pin, objs.PatuXdpReply); err != nil {
+	for _, pin := range d.podLinkPins() {
+		if err := updateLink(pin, objs.PatuFromPod); err != nil {
 			return err
 		}
 	}
@@ -149,12 +166,15 @@ func defunct(l link.Link) bool {
 func (d *Datapath) openXDP() error {
 	x := &xdpState{}
 	for name, m := range map[string]**ebpf.Map{
-		"patu_xdp_routes":    &x.routes,
-		"patu_xdp_hostports": &x.hostports,
-		"patu_xdp_flows":     &x.flows,
-		"patu_xdp_ports":     &x.ports,
-		"patu_xdp_uplinks":   &x.uplinks,
-		"patu_xdp_counters":  &x.counters,
+		"patu_xdp_routes":     &x.routes,
+		"patu_xdp_hostports":  &x.hostports,
+		"patu_xdp_flows":      &x.flows,
+		"patu_xdp_ports":      &x.ports,
+		"patu_xdp_uplinks":    &x.uplinks,
+		"patu_xdp_counters":   &x.counters,
+		"patu_local_flows":    &x.localFlows,
+		"patu_local_pending":  &x.localPending,
+		"patu_local_counters": &x.localCounters,
 	} {
 		pm, err := ebpf.LoadPinnedMap(filepath.Join(d.pinDir, name), nil)
 		if errors.Is(err, fs.ErrNotExist) {
@@ -171,11 +191,22 @@ func (d *Datapath) openXDP() error {
 	return nil
 }
 
-// detachXDPLinks detaches every XDP and tcx link pinned under pinDir, so
-// that Unload stops the XDP path even where a process still holds a link.
-func detachXDPLinks(pinDir string) {
+// detachUplinks detaches every XDP link pinned under pinDir, so that
+// Unload stops the XDP path even where a process still holds a link.
+func detachUplinks(pinDir string) {
 	d := &Datapath{pinDir: pinDir}
-	for _, pin := range append(d.xdpLinkPins(), d.replyLinkPins()...) {
+	detachPins(d.xdpLinkPins())
+}
+
+// detachPodLinks detaches the pod programs whose link pins are still
+// under pinDir (drainLocal moves those of live flows away first).
+func detachPodLinks(pinDir string) {
+	d := &Datapath{pinDir: pinDir}
+	detachPins(d.podLinkPins())
+}
+
+func detachPins(pins []string) {
+	for _, pin := range pins {
 		if l, err := link.LoadPinnedLink(pin, nil); err == nil {
 			l.Detach()
 			l.Close()
@@ -189,11 +220,11 @@ func (d *Datapath) xdpLinkPins() []string {
 	return pins
 }
 
-func (d *Datapath) replyLinkPins() []string {
-	entries, _ := os.ReadDir(filepath.Join(d.pinDir, dirXDPReply))
+func (d *Datapath) podLinkPins() []string {
+	entries, _ := os.ReadDir(filepath.Join(d.pinDir, dirPodLinks))
 	var pins []string
 	for _, e := range entries {
-		pins = append(pins, filepath.Join(d.pinDir, dirXDPReply, e.Name()))
+		pins = append(pins, filepath.Join(d.pinDir, dirPodLinks, e.Name()))
 	}
 	return pins
 }
@@ -429,32 +460,34 @@ func cString(b []int8) string {
 	return string(s)
 }
 
-// ---------------------------------------------------------- pod replies
+// ------------------------------------------------------ pods' host veths
 
-func (d *Datapath) replyPin(ifindex uint32) string {
-	return filepath.Join(d.pinDir, dirXDPReply, strconv.FormatUint(uint64(ifindex), 10))
+func (d *Datapath) podLinkPin(ifindex uint32) string {
+	return filepath.Join(d.pinDir, dirPodLinks, strconv.FormatUint(uint64(ifindex), 10))
 }
 
-// AttachReply attaches the reply program (tcx ingress) to a pod's
-// host-side veth, hostIfindex in the caller's network namespace, and pins
-// the link. It is idempotent. Every packet the pod sends then costs one
-// flow lookup; only replies of flows XDP delivered are touched.
-func (d *Datapath) AttachReply(hostIfindex uint32) error {
+// AttachPod attaches the pod program (tcx ingress) to a pod's host-side
+// veth, hostIfindex in the caller's network namespace, and pins the link.
+// It is idempotent. The pod's TCP with other registered pods then takes
+// the local packet path, and replies of flows XDP delivered to it go
+// back out past the normal path; every other packet it sends costs a hash
+// and an LRU lookup.
+func (d *Datapath) AttachPod(hostIfindex uint32) error {
 	if _, err := d.xdpMaps(); err != nil {
 		return err
 	}
-	prog, err := d.pinnedProgram(pinXDPProgReply)
+	prog, err := d.pinnedProgram(pinProgFromPod)
 	if err != nil {
 		return err
 	}
 	defer prog.Close()
-	pin := d.replyPin(hostIfindex)
+	pin := d.podLinkPin(hostIfindex)
 	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
 		info, ierr := l.Info()
 		if ierr == nil && info.TCX() != nil && info.TCX().Ifindex == hostIfindex {
 			defer l.Close()
 			if err := l.Update(prog); err != nil {
-				return fmt.Errorf("attach reply program to ifindex %d: update link: %w", hostIfindex, err)
+				return fmt.Errorf("attach pod program to ifindex %d: update link: %w", hostIfindex, err)
 			}
 			return nil
 		}
@@ -464,24 +497,24 @@ func (d *Datapath) AttachReply(hostIfindex uint32) error {
 	}
 	l, err := link.AttachTCX(link.TCXOptions{Interface: int(hostIfindex), Program: prog, Attach: ebpf.AttachTCXIngress})
 	if err != nil {
-		return fmt.Errorf("attach reply program to ifindex %d: %w", hostIfindex, err)
+		return fmt.Errorf("attach pod program to ifindex %d: %w", hostIfindex, err)
 	}
 	defer l.Close()
 	if err := os.MkdirAll(filepath.Dir(pin), 0o700); err != nil {
 		l.Detach()
-		return fmt.Errorf("attach reply program to ifindex %d: %w", hostIfindex, err)
+		return fmt.Errorf("attach pod program to ifindex %d: %w", hostIfindex, err)
 	}
 	if err := replacePin(l, pin); err != nil {
 		l.Detach()
-		return fmt.Errorf("attach reply program to ifindex %d: %w", hostIfindex, err)
+		return fmt.Errorf("attach pod program to ifindex %d: %w", hostIfindex, err)
 	}
 	return nil
 }
 
-// DetachReply detaches the reply program from a pod's host-side veth. A
-// veth that is gone, or has no reply program, is not an error.
-func (d *Datapath) DetachReply(hostIfindex uint32) error {
-	pin := d.replyPin(hostIfindex)
+// DetachPod detaches the pod program from a pod's host-side veth. A veth
+// that is gone, or has no program, is not an error.
+func (d *Datapath) DetachPod(hostIfindex uint32) error {
+	pin := d.podLinkPin(hostIfindex)
 	l, err := link.LoadPinnedLink(pin, nil)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
@@ -493,10 +526,10 @@ func (d *Datapath) DetachReply(hostIfindex uint32) error {
 	derr := l.Detach()
 	l.Close()
 	if derr != nil && !defunctErr(derr) {
-		return fmt.Errorf("detach reply program from ifindex %d: %w", hostIfindex, derr)
+		return fmt.Errorf("detach pod program from ifindex %d: %w", hostIfindex, derr)
 	}
 	if err := os.Remove(pin); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("detach reply program from ifindex %d: %w", hostIfindex, err)
+		return fmt.Errorf("detach pod program from ifindex %d: %w", hostIfindex, err)
 	}
 	return nil
 }

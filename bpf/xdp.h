@@ -24,6 +24,12 @@ struct route_key {
 enum route_flags {
 	/* Registered, but never takes the XDP path (policy opt-out). */
 	ROUTE_EXCLUDED = 1 << 0,
+	/* Its connections with other pods never take the local packet path
+	 * (local.h): opted out of Patu's redirects. */
+	ROUTE_NO_LOCAL = 1 << 1,
+	/* The pod's MACs are unknown: the local path can use the route, XDP,
+	 * which writes them into frames, cannot. */
+	ROUTE_NO_MACS = 1 << 2,
 };
 
 /* How to hand a frame to a pod. */

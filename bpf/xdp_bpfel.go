@@ -53,6 +53,60 @@ type xdpHostportKey struct {
 	Pad   uint8
 }
 
+type xdpLocalCounter uint32
+
+const (
+	xdpLocalCounterLC_SYN            xdpLocalCounter = 0
+	xdpLocalCounterLC_ADMIT          xdpLocalCounter = 1
+	xdpLocalCounterLC_ADMIT_FULL     xdpLocalCounter = 2
+	xdpLocalCounterLC_SKIP_OPT_OUT   xdpLocalCounter = 3
+	xdpLocalCounterLC_REDIRECT_PKTS  xdpLocalCounter = 4
+	xdpLocalCounterLC_REDIRECT_BYTES xdpLocalCounter = 5
+	xdpLocalCounterLC_CLOSE_FIN      xdpLocalCounter = 6
+	xdpLocalCounterLC_CLOSE_RST      xdpLocalCounter = 7
+	xdpLocalCounterLC_EXPIRED        xdpLocalCounter = 8
+	xdpLocalCounterLC_WRONG_VETH     xdpLocalCounter = 9
+	xdpLocalCounterLC_CT_REFRESH     xdpLocalCounter = 10
+	xdpLocalCounterLC_CT_CLOSE       xdpLocalCounter = 11
+	xdpLocalCounterLC_CT_MISSING     xdpLocalCounter = 12
+	xdpLocalCounterLC_MAX            xdpLocalCounter = 13
+)
+
+type xdpLocalFlow struct {
+	_       structs.HostLayout
+	To      uint32
+	From    uint32
+	State   uint8
+	Fin     uint8
+	Pad     [6]uint8
+	Expires uint64
+	CtSeen  uint64
+}
+
+type xdpLocalKey struct {
+	_     structs.HostLayout
+	Src   [4]uint32
+	Dst   [4]uint32
+	Sport uint16
+	Dport uint16
+}
+
+type xdpLocalPending struct {
+	_     structs.HostLayout
+	State uint8
+	Pad   [7]uint8
+	Seen  uint64
+}
+
+type xdpLocalState uint32
+
+const (
+	xdpLocalStateLOCAL_SYN     xdpLocalState = 1
+	xdpLocalStateLOCAL_SYNACK  xdpLocalState = 2
+	xdpLocalStateLOCAL_OPEN    xdpLocalState = 3
+	xdpLocalStateLOCAL_CLOSING xdpLocalState = 4
+)
+
 type xdpPortKind uint32
 
 const (
@@ -73,6 +127,8 @@ type xdpRouteFlags uint32
 
 const (
 	xdpRouteFlagsROUTE_EXCLUDED xdpRouteFlags = 1
+	xdpRouteFlagsROUTE_NO_LOCAL xdpRouteFlags = 2
+	xdpRouteFlagsROUTE_NO_MACS  xdpRouteFlags = 4
 )
 
 type xdpRouteKey struct {
@@ -128,19 +184,27 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	xdpMapPatuXdpCounters  = "patu_xdp_counters"
-	xdpMapPatuXdpFlows     = "patu_xdp_flows"
-	xdpMapPatuXdpHostports = "patu_xdp_hostports"
-	xdpMapPatuXdpPorts     = "patu_xdp_ports"
-	xdpMapPatuXdpRoutes    = "patu_xdp_routes"
-	xdpMapPatuXdpUplinks   = "patu_xdp_uplinks"
-	xdpProgPatuXdpReply    = "patu_xdp_reply"
-	xdpProgPatuXdpUplink   = "patu_xdp_uplink"
-	xdpVarUnusedFlowFlags  = "unused_flow_flags"
-	xdpVarUnusedPortKind   = "unused_port_kind"
-	xdpVarUnusedRouteFlags = "unused_route_flags"
-	xdpVarUnusedUplinkMode = "unused_uplink_mode"
-	xdpVarUnusedXdpCounter = "unused_xdp_counter"
+	xdpMapPatuLocalCounters  = "patu_local_counters"
+	xdpMapPatuLocalFlows     = "patu_local_flows"
+	xdpMapPatuLocalPending   = "patu_local_pending"
+	xdpMapPatuXdpCounters    = "patu_xdp_counters"
+	xdpMapPatuXdpFlows       = "patu_xdp_flows"
+	xdpMapPatuXdpHostports   = "patu_xdp_hostports"
+	xdpMapPatuXdpPorts       = "patu_xdp_ports"
+	xdpMapPatuXdpRoutes      = "patu_xdp_routes"
+	xdpMapPatuXdpUplinks     = "patu_xdp_uplinks"
+	xdpProgPatuFromPod       = "patu_from_pod"
+	xdpProgPatuXdpUplink     = "patu_xdp_uplink"
+	xdpVarCloseGraceNs       = "close_grace_ns"
+	xdpVarCtEstablishedMs    = "ct_established_ms"
+	xdpVarCtRefreshNs        = "ct_refresh_ns"
+	xdpVarUnusedFlowFlags    = "unused_flow_flags"
+	xdpVarUnusedLocalCounter = "unused_local_counter"
+	xdpVarUnusedLocalState   = "unused_local_state"
+	xdpVarUnusedPortKind     = "unused_port_kind"
+	xdpVarUnusedRouteFlags   = "unused_route_flags"
+	xdpVarUnusedUplinkMode   = "unused_uplink_mode"
+	xdpVarUnusedXdpCounter   = "unused_xdp_counter"
 )
 
 // loadXdp returns the embedded CollectionSpec for xdp.
@@ -185,7 +249,7 @@ type xdpSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdpProgramSpecs struct {
-	PatuXdpReply  *ebpf.ProgramSpec `ebpf:"patu_xdp_reply"`
+	PatuFromPod   *ebpf.ProgramSpec `ebpf:"patu_from_pod"`
 	PatuXdpUplink *ebpf.ProgramSpec `ebpf:"patu_xdp_uplink"`
 }
 
@@ -193,23 +257,31 @@ type xdpProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdpMapSpecs struct {
-	PatuXdpCounters  *ebpf.MapSpec `ebpf:"patu_xdp_counters"`
-	PatuXdpFlows     *ebpf.MapSpec `ebpf:"patu_xdp_flows"`
-	PatuXdpHostports *ebpf.MapSpec `ebpf:"patu_xdp_hostports"`
-	PatuXdpPorts     *ebpf.MapSpec `ebpf:"patu_xdp_ports"`
-	PatuXdpRoutes    *ebpf.MapSpec `ebpf:"patu_xdp_routes"`
-	PatuXdpUplinks   *ebpf.MapSpec `ebpf:"patu_xdp_uplinks"`
+	PatuLocalCounters *ebpf.MapSpec `ebpf:"patu_local_counters"`
+	PatuLocalFlows    *ebpf.MapSpec `ebpf:"patu_local_flows"`
+	PatuLocalPending  *ebpf.MapSpec `ebpf:"patu_local_pending"`
+	PatuXdpCounters   *ebpf.MapSpec `ebpf:"patu_xdp_counters"`
+	PatuXdpFlows      *ebpf.MapSpec `ebpf:"patu_xdp_flows"`
+	PatuXdpHostports  *ebpf.MapSpec `ebpf:"patu_xdp_hostports"`
+	PatuXdpPorts      *ebpf.MapSpec `ebpf:"patu_xdp_ports"`
+	PatuXdpRoutes     *ebpf.MapSpec `ebpf:"patu_xdp_routes"`
+	PatuXdpUplinks    *ebpf.MapSpec `ebpf:"patu_xdp_uplinks"`
 }
 
 // xdpVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdpVariableSpecs struct {
-	UnusedFlowFlags  *ebpf.VariableSpec `ebpf:"unused_flow_flags"`
-	UnusedPortKind   *ebpf.VariableSpec `ebpf:"unused_port_kind"`
-	UnusedRouteFlags *ebpf.VariableSpec `ebpf:"unused_route_flags"`
-	UnusedUplinkMode *ebpf.VariableSpec `ebpf:"unused_uplink_mode"`
-	UnusedXdpCounter *ebpf.VariableSpec `ebpf:"unused_xdp_counter"`
+	CloseGraceNs       *ebpf.VariableSpec `ebpf:"close_grace_ns"`
+	CtEstablishedMs    *ebpf.VariableSpec `ebpf:"ct_established_ms"`
+	CtRefreshNs        *ebpf.VariableSpec `ebpf:"ct_refresh_ns"`
+	UnusedFlowFlags    *ebpf.VariableSpec `ebpf:"unused_flow_flags"`
+	UnusedLocalCounter *ebpf.VariableSpec `ebpf:"unused_local_counter"`
+	UnusedLocalState   *ebpf.VariableSpec `ebpf:"unused_local_state"`
+	UnusedPortKind     *ebpf.VariableSpec `ebpf:"unused_port_kind"`
+	UnusedRouteFlags   *ebpf.VariableSpec `ebpf:"unused_route_flags"`
+	UnusedUplinkMode   *ebpf.VariableSpec `ebpf:"unused_uplink_mode"`
+	UnusedXdpCounter   *ebpf.VariableSpec `ebpf:"unused_xdp_counter"`
 }
 
 // xdpObjects contains all objects after they have been loaded into the kernel.
@@ -232,16 +304,22 @@ func (o *xdpObjects) Close() error {
 //
 // It can be passed to loadXdpObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdpMaps struct {
-	PatuXdpCounters  *ebpf.Map `ebpf:"patu_xdp_counters"`
-	PatuXdpFlows     *ebpf.Map `ebpf:"patu_xdp_flows"`
-	PatuXdpHostports *ebpf.Map `ebpf:"patu_xdp_hostports"`
-	PatuXdpPorts     *ebpf.Map `ebpf:"patu_xdp_ports"`
-	PatuXdpRoutes    *ebpf.Map `ebpf:"patu_xdp_routes"`
-	PatuXdpUplinks   *ebpf.Map `ebpf:"patu_xdp_uplinks"`
+	PatuLocalCounters *ebpf.Map `ebpf:"patu_local_counters"`
+	PatuLocalFlows    *ebpf.Map `ebpf:"patu_local_flows"`
+	PatuLocalPending  *ebpf.Map `ebpf:"patu_local_pending"`
+	PatuXdpCounters   *ebpf.Map `ebpf:"patu_xdp_counters"`
+	PatuXdpFlows      *ebpf.Map `ebpf:"patu_xdp_flows"`
+	PatuXdpHostports  *ebpf.Map `ebpf:"patu_xdp_hostports"`
+	PatuXdpPorts      *ebpf.Map `ebpf:"patu_xdp_ports"`
+	PatuXdpRoutes     *ebpf.Map `ebpf:"patu_xdp_routes"`
+	PatuXdpUplinks    *ebpf.Map `ebpf:"patu_xdp_uplinks"`
 }
 
 func (m *xdpMaps) Close() error {
 	return _XdpClose(
+		m.PatuLocalCounters,
+		m.PatuLocalFlows,
+		m.PatuLocalPending,
 		m.PatuXdpCounters,
 		m.PatuXdpFlows,
 		m.PatuXdpHostports,
@@ -255,24 +333,29 @@ func (m *xdpMaps) Close() error {
 //
 // It can be passed to loadXdpObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdpVariables struct {
-	UnusedFlowFlags  *ebpf.Variable `ebpf:"unused_flow_flags"`
-	UnusedPortKind   *ebpf.Variable `ebpf:"unused_port_kind"`
-	UnusedRouteFlags *ebpf.Variable `ebpf:"unused_route_flags"`
-	UnusedUplinkMode *ebpf.Variable `ebpf:"unused_uplink_mode"`
-	UnusedXdpCounter *ebpf.Variable `ebpf:"unused_xdp_counter"`
+	CloseGraceNs       *ebpf.Variable `ebpf:"close_grace_ns"`
+	CtEstablishedMs    *ebpf.Variable `ebpf:"ct_established_ms"`
+	CtRefreshNs        *ebpf.Variable `ebpf:"ct_refresh_ns"`
+	UnusedFlowFlags    *ebpf.Variable `ebpf:"unused_flow_flags"`
+	UnusedLocalCounter *ebpf.Variable `ebpf:"unused_local_counter"`
+	UnusedLocalState   *ebpf.Variable `ebpf:"unused_local_state"`
+	UnusedPortKind     *ebpf.Variable `ebpf:"unused_port_kind"`
+	UnusedRouteFlags   *ebpf.Variable `ebpf:"unused_route_flags"`
+	UnusedUplinkMode   *ebpf.Variable `ebpf:"unused_uplink_mode"`
+	UnusedXdpCounter   *ebpf.Variable `ebpf:"unused_xdp_counter"`
 }
 
 // xdpPrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to loadXdpObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdpPrograms struct {
-	PatuXdpReply  *ebpf.Program `ebpf:"patu_xdp_reply"`
+	PatuFromPod   *ebpf.Program `ebpf:"patu_from_pod"`
 	PatuXdpUplink *ebpf.Program `ebpf:"patu_xdp_uplink"`
 }
 
 func (p *xdpPrograms) Close() error {
 	return _XdpClose(
-		p.PatuXdpReply,
+		p.PatuFromPod,
 		p.PatuXdpUplink,
 	)
 }

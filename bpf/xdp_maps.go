@@ -17,12 +17,18 @@ type XDPRoute struct {
 	// HostIfindex is the pod's host-side veth in the node's namespace.
 	HostIfindex uint32 `json:"host_ifindex"`
 	// HostMAC is the source MAC of frames handed to the pod: its gateway
-	// (the bridge, or the host-side veth on routed setups).
-	HostMAC net.HardwareAddr `json:"host_mac"`
+	// (the bridge, or the host-side veth on routed setups). With PodMAC,
+	// what XDP writes into the frames it redirects; a route without them
+	// serves the local path only.
+	HostMAC net.HardwareAddr `json:"host_mac,omitempty"`
 	// PodMAC is the MAC of the pod's eth0.
-	PodMAC net.HardwareAddr `json:"pod_mac"`
-	// Excluded keeps the pod on the normal path (netfilter, conntrack).
+	PodMAC net.HardwareAddr `json:"pod_mac,omitempty"`
+	// Excluded keeps traffic from the uplink to the pod on the normal path
+	// (netfilter, conntrack).
 	Excluded bool `json:"excluded,omitempty"`
+	// NoLocal keeps the pod's connections with other pods of the node on
+	// the normal path (opted out of Patu's redirects).
+	NoLocal bool `json:"no_local,omitempty"`
 }
 
 // PutXDPRoute adds or replaces the route of a pod address. The pod-side
@@ -36,13 +42,20 @@ func (d *Datapath) PutXDPRoute(r XDPRoute) error {
 	if !r.IP.IsValid() {
 		return fmt.Errorf("put XDP route: invalid IP")
 	}
-	if r.HostIfindex == 0 || len(r.HostMAC) != 6 || len(r.PodMAC) != 6 {
-		return fmt.Errorf("put XDP route %s: want a host ifindex and two 6-byte MACs, got %d, %q, %q", r.IP, r.HostIfindex, r.HostMAC, r.PodMAC)
+	macs := len(r.HostMAC) == 6 && len(r.PodMAC) == 6
+	if r.HostIfindex == 0 || (!macs && (len(r.HostMAC) != 0 || len(r.PodMAC) != 0)) {
+		return fmt.Errorf("put XDP route %s: want a host ifindex and two 6-byte MACs or none, got %d, %q, %q", r.IP, r.HostIfindex, r.HostMAC, r.PodMAC)
 	}
 	var v xdpRoute
 	v.Ifindex = r.HostIfindex
 	if r.Excluded {
-		v.Flags = uint32(xdpRouteFlagsROUTE_EXCLUDED)
+		v.Flags |= uint32(xdpRouteFlagsROUTE_EXCLUDED)
+	}
+	if r.NoLocal {
+		v.Flags |= uint32(xdpRouteFlagsROUTE_NO_LOCAL)
+	}
+	if !macs {
+		v.Flags |= uint32(xdpRouteFlagsROUTE_NO_MACS)
 	}
 	copy(v.PodMac[:], r.PodMAC)
 	copy(v.HostMac[:], r.HostMAC)
@@ -88,13 +101,17 @@ func (d *Datapath) XDPRoutes() ([]XDPRoute, error) {
 	)
 	it := x.routes.Iterate()
 	for it.Next(&k, &v) {
-		out = append(out, XDPRoute{
+		r := XDPRoute{
 			IP:          netip.AddrFrom16(wordsAddr(k.Ip)).Unmap(),
 			HostIfindex: v.Ifindex,
-			HostMAC:     append(net.HardwareAddr(nil), v.HostMac[:]...),
-			PodMAC:      append(net.HardwareAddr(nil), v.PodMac[:]...),
 			Excluded:    v.Flags&uint32(xdpRouteFlagsROUTE_EXCLUDED) != 0,
-		})
+			NoLocal:     v.Flags&uint32(xdpRouteFlagsROUTE_NO_LOCAL) != 0,
+		}
+		if v.Flags&uint32(xdpRouteFlagsROUTE_NO_MACS) == 0 {
+			r.HostMAC = append(net.HardwareAddr(nil), v.HostMac[:]...)
+			r.PodMAC = append(net.HardwareAddr(nil), v.PodMac[:]...)
+		}
+		out = append(out, r)
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("list XDP routes: %w", err)

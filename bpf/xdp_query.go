@@ -4,10 +4,10 @@ import (
 	"github.com/cilium/ebpf/link"
 )
 
-// ReplyAttached reports whether the reply program is attached to the
+// PodAttached reports whether the pod program is attached to the
 // host-side veth hostIfindex (in the caller's network namespace).
-func (d *Datapath) ReplyAttached(hostIfindex uint32) bool {
-	l, err := link.LoadPinnedLink(d.replyPin(hostIfindex), nil)
+func (d *Datapath) PodAttached(hostIfindex uint32) bool {
+	l, err := link.LoadPinnedLink(d.podLinkPin(hostIfindex), nil)
 	if err != nil {
 		return false
 	}

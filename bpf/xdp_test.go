@@ -101,7 +101,7 @@ func newXDPEnv(t *testing.T, prefix string, idx int, mode XDPMode) *xdpEnv {
 			}
 		}
 		e.putRoutes(p, false)
-		if err := n.Node.Do(func() error { return d.AttachReply(uint32(p.HostIfindex)) }); err != nil {
+		if err := n.Node.Do(func() error { return d.AttachPod(uint32(p.HostIfindex)) }); err != nil {
 			t.Fatal(err)
 		}
 		e.startEchoServers(p, echoPort)
@@ -599,7 +599,7 @@ func TestXDP(t *testing.T) {
 		e := &xdpEnv{t: t, n: n, d: d}
 		progOf := func() [2]uint32 {
 			var ids [2]uint32
-			for i, pin := range []string{d.xdpLinkPin(n.Ext.HostIfindex), d.replyPin(uint32(p0.HostIfindex))} {
+			for i, pin := range []string{d.xdpLinkPin(n.Ext.HostIfindex), d.podLinkPin(uint32(p0.HostIfindex))} {
 				l, err := loadLinkInfoProg(pin)
 				if err != nil {
 					t.Fatal(err)
@@ -736,10 +736,10 @@ func TestXDP(t *testing.T) {
 		}
 		// Detaching twice, and replies of unknown veths, are no-ops.
 		e.detach()
-		if err := n.Node.Do(func() error { return d.DetachReply(uint32(p1.HostIfindex)) }); err != nil {
+		if err := n.Node.Do(func() error { return d.DetachPod(uint32(p1.HostIfindex)) }); err != nil {
 			t.Fatal(err)
 		}
-		if err := d.DetachReply(999999); err != nil {
+		if err := d.DetachPod(999999); err != nil {
 			t.Errorf("detach reply of a missing veth: %v", err)
 		}
 		e.checkNoCsumErrors()

@@ -99,6 +99,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 		Netns:      args.Netns,
 		NoRedirect: pods.OptedOut(conf.RuntimeConfig.PodAnnotations),
 		NoXDP:      pods.XDPOptedOut(conf.RuntimeConfig.PodAnnotations),
+		Socket:     pods.SocketOptedIn(conf.RuntimeConfig.PodAnnotations),
 		Source:     bpf.PodFromCNI,
 		Created:    p.now(),
 	}

@@ -203,6 +203,7 @@ func Record(st State, nsPath string, ips []netip.Addr, now time.Time) bpf.Pod {
 		IPs:        ips,
 		NoRedirect: pods.OptedOut(a),
 		NoXDP:      pods.XDPOptedOut(a),
+		Socket:     pods.SocketOptedIn(a),
 		Source:     bpf.PodFromHook,
 		Created:    now,
 	}
@@ -299,6 +300,7 @@ func syncEndpoints(dp *bpf.Datapath, ips []netip.Addr) error {
 		var (
 			first      *bpf.Pod
 			noRedirect bool
+			socket     = true
 		)
 		for i := range all {
 			if slices.Contains(all[i].IPs, ip) {
@@ -306,6 +308,7 @@ func syncEndpoints(dp *bpf.Datapath, ips []netip.Addr) error {
 					first = &all[i]
 				}
 				noRedirect = noRedirect || all[i].NoRedirect
+				socket = socket && all[i].Socket
 			}
 		}
 		if first == nil {
@@ -315,7 +318,7 @@ func syncEndpoints(dp *bpf.Datapath, ips []netip.Addr) error {
 		if len(name) > 63 {
 			name = name[:63]
 		}
-		if err := dp.AddEndpoint(bpf.Endpoint{IP: ip, Name: name, NoRedirect: noRedirect}); err != nil {
+		if err := dp.AddEndpoint(bpf.Endpoint{IP: ip, Name: name, NoRedirect: noRedirect, Socket: socket}); err != nil {
 			errs = append(errs, err)
 		}
 	}

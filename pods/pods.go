@@ -12,12 +12,25 @@ import (
 	"github.com/patu-dev/patu/cgroup"
 )
 
-// OptOutAnnotation is the pod annotation that keeps a pod's sockets on TCP.
+// OptOutAnnotation set to "false" keeps a pod's connections with other
+// pods of the node on the normal path: neither the packet path nor the
+// socket path.
 const OptOutAnnotation = "patu.io/redirect"
 
 // OptedOut reports whether annotations opt a pod out of redirect.
 func OptedOut(annotations map[string]string) bool {
 	return annotations[OptOutAnnotation] == "false"
+}
+
+// SocketAnnotation set to "true" opts a pod in to the socket path: its
+// TCP with another pod that opted in too goes socket to socket, the
+// fastest path, where an application can tell (splice(2) and blocking
+// reads on several threads break; see the README).
+const SocketAnnotation = "patu.io/socket-redirect"
+
+// SocketOptedIn reports whether annotations opt a pod in to the socket path.
+func SocketOptedIn(annotations map[string]string) bool {
+	return annotations[SocketAnnotation] == "true"
 }
 
 // endpointName is what the endpoint map shows for a pod (63 bytes at most).
@@ -71,14 +84,19 @@ func Register(dp *bpf.Datapath, p bpf.Pod) (bpf.Pod, error) {
 		}
 	}
 	for _, ip := range p.IPs {
-		err := dp.AddEndpoint(bpf.Endpoint{IP: ip, Name: endpointName(p), NoRedirect: p.NoRedirect})
+		err := dp.AddEndpoint(bpf.Endpoint{IP: ip, Name: endpointName(p), NoRedirect: p.NoRedirect, Socket: p.Socket})
 		if err != nil {
 			return p, fmt.Errorf("register pod %s: %w", p, err)
 		}
 	}
-	// The XDP path comes last: the socket path must not wait on it.
+	// The packet paths come last: the socket path must not wait on them.
 	if err := putRoutes(dp, p); err != nil {
 		return p, fmt.Errorf("register pod %s: %w", p, err)
+	}
+	if p.HostIfindex != 0 {
+		if err := dp.AttachPod(p.HostIfindex); err != nil {
+			return p, fmt.Errorf("register pod %s: %w", p, err)
+		}
 	}
 	if xdpActive(dp) {
 		prepare := PrepareXDP
@@ -117,6 +135,7 @@ func merge(old, p bpf.Pod) bpf.Pod {
 	}
 	out.NoRedirect = p.NoRedirect
 	out.NoXDP = p.NoXDP
+	out.Socket = p.Socket
 	out.Source |= p.Source
 	out.Confirmed = out.Confirmed || p.Confirmed
 	for _, id := range p.Cgroups {
@@ -168,10 +187,10 @@ func Unregister(dp *bpf.Datapath, id string) (bool, error) {
 	if err := releaseXDP(dp, released); err != nil {
 		errs = append(errs, err)
 	}
-	// The containers of a podman pod share one veth: its reply program
+	// The containers of a podman pod share one veth: its pod program
 	// goes with the last of their records.
 	if p.HostIfindex != 0 && err == nil && !held.veths[p.HostIfindex] {
-		if err := dp.DetachReply(p.HostIfindex); err != nil {
+		if err := dp.DetachPod(p.HostIfindex); err != nil {
 			errs = append(errs, err)
 		}
 	}

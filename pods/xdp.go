@@ -31,16 +31,21 @@ type HostPort struct {
 	ContainerPort uint16
 }
 
-// putRoutes makes each of the pod's addresses an XDP route into its host
-// veth, when the record knows the veth. Without it the XDP program passes
-// the pod's traffic to the normal path.
+// putRoutes makes each of the pod's addresses a route into its host veth,
+// when the record knows the veth: the local path's (TCP with other pods)
+// and, when the record knows the MACs too, the XDP path's. Without a route
+// both leave the pod's traffic to the normal path.
 func putRoutes(dp *bpf.Datapath, p bpf.Pod) error {
-	if p.HostIfindex == 0 || len(p.PodMAC) != 6 || len(p.HostMAC) != 6 {
+	if p.HostIfindex == 0 {
 		return nil
+	}
+	var macs [2][]byte
+	if len(p.PodMAC) == 6 && len(p.HostMAC) == 6 {
+		macs = [2][]byte{p.HostMAC, p.PodMAC}
 	}
 	var errs []error
 	for _, ip := range p.IPs {
-		r := bpf.XDPRoute{IP: ip, HostIfindex: p.HostIfindex, HostMAC: p.HostMAC, PodMAC: p.PodMAC, Excluded: p.NoXDP}
+		r := bpf.XDPRoute{IP: ip, HostIfindex: p.HostIfindex, HostMAC: macs[0], PodMAC: macs[1], Excluded: p.NoXDP, NoLocal: p.NoRedirect}
 		if err := dp.PutXDPRoute(r); err != nil {
 			errs = append(errs, fmt.Errorf("xdp route %s: %w", ip, err))
 		}
@@ -48,13 +53,18 @@ func putRoutes(dp *bpf.Datapath, p bpf.Pod) error {
 	return errors.Join(errs...)
 }
 
-// releaseXDP removes what the XDP path holds for addresses no pod holds any
-// more: their routes and the hostPorts that lead to them.
+// releaseXDP removes what the packet paths hold for addresses no pod holds
+// any more: their routes, the hostPorts that lead to them, and their
+// connections on the local path (the pod is gone, and a new pod may get
+// the address).
 func releaseXDP(dp *bpf.Datapath, released []netip.Addr) error {
 	if len(released) == 0 {
 		return nil
 	}
 	var errs []error
+	if _, err := dp.DeleteLocalFlows(released); err != nil {
+		errs = append(errs, err)
+	}
 	for _, ip := range released {
 		if err := dp.DeleteXDPRoute(ip); err != nil {
 			errs = append(errs, err)
@@ -122,19 +132,15 @@ func SetHostPorts(dp *bpf.Datapath, id string, mappings []HostPort) error {
 	return nil
 }
 
-// PrepareXDP readies one pod for the XDP path while an uplink has it: the
-// reply program on its host veth (replies of flows XDP delivered leave the
-// same way, past netfilter, translated back for hostPorts), and GRO on its
-// own interface, without which the kernel drops what XDP redirects into
-// the veth. Patu notes in the record when it turned GRO on, so that
-// UnprepareXDP can turn it off again. A pod whose veth is unknown is left
-// to the normal path.
+// PrepareXDP readies one pod for the XDP path while an uplink has it: GRO
+// on its own interface, without which the kernel drops what XDP redirects
+// into the veth. (The pod program on its host veth, which sends replies of
+// flows XDP delivered back out, is there since Register.) Patu notes in
+// the record when it turned GRO on, so that UnprepareXDP can turn it off
+// again. A pod whose veth is unknown is left to the normal path.
 func PrepareXDP(dp *bpf.Datapath, p bpf.Pod) error {
 	if p.HostIfindex == 0 || p.NoXDP || len(p.IPs) == 0 || p.Netns == "" {
 		return nil
-	}
-	if err := dp.AttachReply(p.HostIfindex); err != nil {
-		return fmt.Errorf("pod %s: %w", p, err)
 	}
 	pair, err := veth.Find(p.Netns, p.IPs[0])
 	if err != nil {
@@ -150,22 +156,14 @@ func PrepareXDP(dp *bpf.Datapath, p bpf.Pod) error {
 	return setGROSet(dp, p.ID, true)
 }
 
-// UnprepareXDP undoes PrepareXDP for one pod: its reply program goes
-// unless another record holds the veth, and GRO goes back off if Patu
+// UnprepareXDP undoes PrepareXDP for one pod: GRO goes back off if Patu
 // turned it on.
 func UnprepareXDP(dp *bpf.Datapath, p bpf.Pod) error {
-	held, err := heldByOthers(dp, p.ID)
-	if err != nil {
-		return err
-	}
-	return unprepare(dp, p, held.veths[p.HostIfindex])
+	return unprepare(dp, p)
 }
 
-func unprepare(dp *bpf.Datapath, p bpf.Pod, vethShared bool) error {
+func unprepare(dp *bpf.Datapath, p bpf.Pod) error {
 	var errs []error
-	if p.HostIfindex != 0 && !vethShared {
-		errs = append(errs, dp.DetachReply(p.HostIfindex))
-	}
 	if p.GROSet && p.Netns != "" && len(p.IPs) > 0 {
 		if pair, err := veth.Find(p.Netns, p.IPs[0]); err != nil {
 			errs = append(errs, fmt.Errorf("pod %s: %w", p, err))
@@ -204,18 +202,10 @@ func SyncXDP(dp *bpf.Datapath) error {
 	if err != nil {
 		return err
 	}
-	// One pass over the records says which veths several of them hold
-	// (a podman pod's containers share one) and which of those any
-	// record wants on the XDP path.
-	holders, wanted := map[uint32]int{}, map[uint32]bool{}
-	for _, p := range all {
-		holders[p.HostIfindex]++
-		wanted[p.HostIfindex] = wanted[p.HostIfindex] || (len(ups) > 0 && !p.NoXDP)
-	}
 	var errs []error
 	for _, p := range all {
 		if len(ups) == 0 || p.NoXDP {
-			errs = append(errs, unprepare(dp, p, holders[p.HostIfindex] > 1 && wanted[p.HostIfindex]))
+			errs = append(errs, unprepare(dp, p))
 			continue
 		}
 		errs = append(errs, PrepareXDP(dp, p))

@@ -63,9 +63,13 @@ func TestXDPLifecycle(t *testing.T) {
 	if len(routes) != 2 || routes[0].HostIfindex != p0.HostIfindex || routes[0].PodMAC.String() != p0.PodMAC.String() {
 		t.Fatalf("routes %+v, want p0's two addresses into ifindex %d", routes, p0.HostIfindex)
 	}
-	if dp.ReplyAttached(p0.HostIfindex) {
-		t.Error("reply program attached with no uplink on XDP")
-	}
+	// The pod program (local path, XDP replies) comes with the record.
+	inNode(func() error {
+		if !dp.PodAttached(p0.HostIfindex) {
+			t.Error("no pod program on a registered pod's veth")
+		}
+		return nil
+	})
 
 	// The uplink comes: p0 is readied; p1, registered later, at once.
 	inNode(func() error {
@@ -78,8 +82,8 @@ func TestXDPLifecycle(t *testing.T) {
 	inNode(func() (err error) { p1, err = Register(dp, record(1, false)); return err })
 	inNode(func() error {
 		for i, p := range []bpf.Pod{p0, p1} {
-			if !dp.ReplyAttached(p.HostIfindex) {
-				t.Errorf("pod %d: no reply program on its host veth", i)
+			if !dp.PodAttached(p.HostIfindex) {
+				t.Errorf("pod %d: no pod program on its host veth", i)
 			}
 			if !gro(i) {
 				t.Errorf("pod %d: GRO off on its interface", i)
@@ -94,8 +98,8 @@ func TestXDPLifecycle(t *testing.T) {
 		t.Errorf("hostPorts %+v, want 8080 for each of p1's families", hps)
 	}
 
-	// p1 opts out: its routes say so, its reply program goes and its GRO
-	// is off again.
+	// p1 opts out of XDP: its routes say so and its GRO is off again; its
+	// pod program stays, for the local path.
 	inNode(func() (err error) { p1, err = Register(dp, record(1, true)); return err })
 	if gro(1) {
 		t.Error("opted-out pod keeps the GRO Patu turned on")
@@ -107,8 +111,8 @@ func TestXDPLifecycle(t *testing.T) {
 		}
 	}
 	inNode(func() error {
-		if dp.ReplyAttached(p1.HostIfindex) {
-			t.Error("opted-out pod keeps its reply program")
+		if !dp.PodAttached(p1.HostIfindex) {
+			t.Error("a pod opted out of XDP lost its pod program")
 		}
 		return nil
 	})
@@ -121,7 +125,7 @@ func TestXDPLifecycle(t *testing.T) {
 		t.Errorf("after p1's removal: routes %+v, hostPorts %+v", routes, hps)
 	}
 
-	// The last uplink goes: no reply program is left.
+	// The last uplink goes: GRO goes back off; the pod program stays.
 	inNode(func() error {
 		if err := dp.DetachXDP(n.Uplink); err != nil {
 			return err
@@ -129,8 +133,8 @@ func TestXDPLifecycle(t *testing.T) {
 		return SyncXDP(dp)
 	})
 	inNode(func() error {
-		if dp.ReplyAttached(p0.HostIfindex) {
-			t.Error("reply program left after the last uplink was detached")
+		if !dp.PodAttached(p0.HostIfindex) {
+			t.Error("pod program gone with the last uplink")
 		}
 		return nil
 	})

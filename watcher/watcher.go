@@ -98,6 +98,7 @@ type podState struct {
 	veth      veth.Pair // zero when unknown
 	optOut    bool
 	noXDP     bool
+	socket    bool      // opted in to the socket path
 	readyAt   time.Time // when its cgroups first covered the pod
 }
 
@@ -578,6 +579,7 @@ func (w *Watcher) syncPod(ctx context.Context, s cri.Sandbox, containers []cri.C
 	}
 	st.optOut = pods.OptedOut(s.Annotations)
 	st.noXDP = pods.XDPOptedOut(s.Annotations)
+	st.socket = pods.SocketOptedIn(s.Annotations)
 
 	// Containers and their cgroups, when each has its own.
 	var dirs []string
@@ -645,7 +647,7 @@ func (w *Watcher) syncPod(ctx context.Context, s cri.Sandbox, containers []cri.C
 
 	p := bpf.Pod{
 		ID: s.ID, Namespace: s.Namespace, Name: s.Name, UID: s.UID, Netns: st.netns,
-		IPs: s.IPs, NoRedirect: st.optOut, NoXDP: st.noXDP, Source: bpf.PodFromRuntime, Confirmed: true, Created: s.CreatedAt,
+		IPs: s.IPs, NoRedirect: st.optOut, NoXDP: st.noXDP, Socket: st.socket, Source: bpf.PodFromRuntime, Confirmed: true, Created: s.CreatedAt,
 		HostIfindex: st.veth.HostIndex, HostMAC: st.veth.HostMAC, PodMAC: st.veth.PodMAC,
 	}
 	if rec.ID == "" || !rec.Confirmed || rec.NoRedirect != p.NoRedirect || rec.NoXDP != p.NoXDP || !slices.Equal(rec.IPs, p.IPs) ||

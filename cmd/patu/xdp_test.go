@@ -93,8 +93,8 @@ func TestXDPCommands(t *testing.T) {
 		t.Errorf("pod's GRO after attach: %v, %v", on, err)
 	}
 	if err := n.Node.Do(func() error {
-		if !dp.ReplyAttached(uint32(p.HostIfindex)) {
-			t.Error("no reply program on the pod's veth after attach")
+		if !dp.PodAttached(uint32(p.HostIfindex)) {
+			t.Error("no pod program on the pod's veth after attach")
 		}
 		return nil
 	}); err != nil {
@@ -107,8 +107,8 @@ func TestXDPCommands(t *testing.T) {
 		t.Errorf("status after detach:\n%s", s)
 	}
 	if err := n.Node.Do(func() error {
-		if dp.ReplyAttached(uint32(p.HostIfindex)) {
-			t.Error("reply program left on the pod's veth after the last detach")
+		if !dp.PodAttached(uint32(p.HostIfindex)) {
+			t.Error("pod program gone from the pod's veth with the last XDP detach")
 		}
 		return nil
 	}); err != nil {

@@ -295,6 +295,10 @@ type Stats struct {
 	// ForwardPackets counts packets that entered the FORWARD chain (the
 	// KUBE-FORWARD jump), both families.
 	ForwardPackets uint64 `json:"forward_packets"`
+	// InvalidDropped counts packets kube-proxy's rule dropped because
+	// conntrack found them INVALID (out of their flow's window), both
+	// families.
+	InvalidDropped uint64 `json:"invalid_dropped_packets"`
 	// Conntrack is the number of conntrack entries in the namespace.
 	Conntrack int `json:"conntrack_entries"`
 }
@@ -304,6 +308,7 @@ func (s Stats) Sub(o Stats) Stats {
 	s.DNATPackets -= o.DNATPackets
 	s.EstablishedPackets -= o.EstablishedPackets
 	s.ForwardPackets -= o.ForwardPackets
+	s.InvalidDropped -= o.InvalidDropped
 	return s
 }
 
@@ -332,6 +337,8 @@ func ReadStats(nodeNetns string) (Stats, error) {
 				s.EstablishedPackets += pkts
 			case strings.HasPrefix(rule, "-A FORWARD") && strings.Contains(rule, "-j KUBE-FORWARD"):
 				s.ForwardPackets += pkts
+			case strings.HasPrefix(rule, "-A KUBE-FORWARD") && strings.Contains(rule, "INVALID -j DROP"):
+				s.InvalidDropped += pkts
 			}
 		}
 	}

@@ -47,7 +47,7 @@ func enableXDP(t *xdpTopo) (a *xdpActive, err error) {
 				return err
 			}
 		}
-		if err := dp.AttachReply(uint32(t.pod.HostIfindex)); err != nil {
+		if err := dp.AttachPod(uint32(t.pod.HostIfindex)); err != nil {
 			return err
 		}
 		mode, err := dp.AttachXDP(t.uplink, bpf.XDPNative)
@@ -83,7 +83,7 @@ func (a *xdpActive) close() error {
 	var errs []error
 	if a.dp != nil {
 		errs = append(errs, a.t.node.Do(func() error {
-			return errors.Join(a.dp.DetachXDP(a.t.uplink), a.dp.DetachReply(uint32(a.t.pod.HostIfindex)))
+			return errors.Join(a.dp.DetachXDP(a.t.uplink), a.dp.DetachPod(uint32(a.t.pod.HostIfindex)))
 		}))
 		a.dp.Close()
 		a.dp = nil

@@ -15,6 +15,7 @@ import (
 	"github.com/patu-dev/patu/bpf"
 	"github.com/patu-dev/patu/internal/peerresult"
 	"github.com/patu-dev/patu/internal/testnet"
+	"github.com/patu-dev/patu/pods"
 )
 
 // peerBin is patu-testpeer, built once by TestMain.
@@ -53,10 +54,15 @@ type mode string
 
 const (
 	bridgePath mode = "bridge" // Patu not loaded
-	patuPath   mode = "patu"   // Patu loaded, pods attached and registered
+	packetPath mode = "packet" // Patu loaded, pods registered: its default, the local packet path
+	socketPath mode = "socket" // the same, pods opted in to the socket path
 )
 
-var bothPaths = []mode{bridgePath, patuPath}
+// allPaths are the paths every scenario that an application could meet
+// runs on; the socket path only where its own rules are under test too.
+var allPaths = []mode{bridgePath, packetPath, socketPath}
+
+func (m mode) patu() bool { return m != bridgePath }
 
 type env struct {
 	t    *testing.T
@@ -88,7 +94,7 @@ func setup(t *testing.T, prefix string, subnet int, n int, m mode, opts bpf.Opti
 		}
 	})
 	e := &env{t: t, net: nt, mode: m}
-	if m == patuPath {
+	if m.patu() {
 		opts.PinDir = "/sys/fs/bpf/patu-it-" + prefix
 		bpf.Unload(opts.PinDir) // leftovers of a crashed run
 		dp, err := bpf.Load(opts)
@@ -109,17 +115,42 @@ func setup(t *testing.T, prefix string, subnet int, n int, m mode, opts bpf.Opti
 	return e
 }
 
-// register attaches a pod's cgroup and registers both its addresses.
+// register records a pod as the CNI plugin does (addresses, host veth,
+// MACs; opted in to the socket path on that path) and attaches its
+// cgroup, from the node's network namespace where its host veth is.
 func (e *env) register(p *testnet.Pod) {
 	e.t.Helper()
-	if err := e.dp.Attach(p.CgroupDir); err != nil {
-		e.t.Fatalf("attach %s: %v", p.Name, err)
-	}
-	for _, ip := range []netip.Addr{p.IPv4, p.IPv6} {
-		if err := e.dp.AddEndpoint(bpf.Endpoint{IP: ip, Name: "it/" + p.Name}); err != nil {
-			e.t.Fatalf("register %s: %v", ip, err)
+	e.registerAs(p, e.mode == socketPath, false)
+}
+
+// registerAs registers p with the given opt-in and opt-out.
+func (e *env) registerAs(p *testnet.Pod, socket, optOut bool) {
+	e.t.Helper()
+	rec := bpf.Pod{ID: "it-" + p.Name, Namespace: "it", Name: p.Name, Netns: p.NetnsPath,
+		IPs: []netip.Addr{p.IPv4, p.IPv6}, HostIfindex: uint32(p.HostIfindex), HostMAC: p.HostMAC, PodMAC: p.PodMAC,
+		Socket: socket, NoRedirect: optOut, Source: bpf.PodFromCNI, Confirmed: true, Created: time.Now()}
+	err := e.net.Node.Do(func() error {
+		if _, err := pods.Register(e.dp, rec); err != nil {
+			return err
 		}
+		return pods.SetCgroups(e.dp, rec.ID, []string{p.CgroupDir})
+	})
+	if err != nil {
+		e.t.Fatalf("register %s: %v", p.Name, err)
 	}
+}
+
+// local returns the local packet path's counters.
+func (e *env) local() bpf.LocalCounters {
+	e.t.Helper()
+	if e.dp == nil {
+		return bpf.LocalCounters{}
+	}
+	c, err := e.dp.LocalCounters()
+	if err != nil {
+		e.t.Fatalf("local counters: %v", err)
+	}
+	return c
 }
 
 func (e *env) counters() bpf.Counters {

@@ -35,8 +35,9 @@ func TestPodman(t *testing.T) {
 			t.Errorf("failures %+v: want the createRuntime of %s, saying to run patu load", f, id[:12])
 		}
 		e.podman(ctx, "rm", "-f", "-t", "0", id)
+		// Not loaded is a state status reports, with the failures.
 		out, err := exec.Command(bins.patu, "--bpffs", pinDir, "status", "--state-dir", e.stateDir).CombinedOutput()
-		if err == nil || !strings.Contains(string(out), "OCI hook failures: 1") {
+		if err != nil || !strings.Contains(string(out), "patu is not loaded") || !strings.Contains(string(out), "OCI hook failures: 1") {
 			t.Errorf("patu status without Patu: %v\n%s", err, out)
 		}
 	})

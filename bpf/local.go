@@ -1,0 +1,320 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// The local packet path (local.h): TCP between two registered pods of the
+// node keeps TCP end to end, its handshake takes the normal path, and the
+// pod program on each pod's host-side veth then redirects both directions
+// straight into the other pod. Its flows are in patu_local_flows, one
+// entry per direction, until they close.
+
+// LocalFlow is one direction of a connection on the local path.
+type LocalFlow struct {
+	Src netip.AddrPort `json:"src"`
+	Dst netip.AddrPort `json:"dst"`
+	// From is the host-side veth the direction's packets enter by, To the
+	// peer pod's, into which they are redirected.
+	From uint32 `json:"from_ifindex"`
+	To   uint32 `json:"to_ifindex"`
+	// Closing is set after RST or FIN both ways; the flow stays until
+	// Expires (CLOCK_MONOTONIC).
+	Closing bool          `json:"closing,omitempty"`
+	Fin     bool          `json:"fin,omitempty"`
+	Expires time.Duration `json:"expires_monotonic_ns,omitempty"`
+}
+
+func localFlowOf(k xdpLocalKey, v xdpLocalFlow) LocalFlow {
+	return LocalFlow{
+		Src:     netip.AddrPortFrom(netip.AddrFrom16(wordsAddr(k.Src)).Unmap(), ntohs(k.Sport)),
+		Dst:     netip.AddrPortFrom(netip.AddrFrom16(wordsAddr(k.Dst)).Unmap(), ntohs(k.Dport)),
+		From:    v.From,
+		To:      v.To,
+		Closing: v.State == uint8(xdpLocalStateLOCAL_CLOSING),
+		Fin:     v.Fin != 0,
+		Expires: time.Duration(v.Expires),
+	}
+}
+
+// LocalFlows lists the directions on the local path, sorted.
+func (d *Datapath) LocalFlows() ([]LocalFlow, error) {
+	x, err := d.xdpMaps()
+	if err != nil {
+		return nil, err
+	}
+	var (
+		k   xdpLocalKey
+		v   xdpLocalFlow
+		out []LocalFlow
+	)
+	it := x.localFlows.Iterate()
+	for it.Next(&k, &v) {
+		out = append(out, localFlowOf(k, v))
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("list local flows: %w", err)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Src != out[j].Src {
+			return out[i].Src.Compare(out[j].Src) < 0
+		}
+		return out[i].Dst.Compare(out[j].Dst) < 0
+	})
+	return out, nil
+}
+
+// DeleteLocalFlows removes the local path's flows from or to any of ips:
+// for a pod that is gone. It returns how many directions it removed.
+func (d *Datapath) DeleteLocalFlows(ips []netip.Addr) (int, error) {
+	if len(ips) == 0 {
+		return 0, nil
+	}
+	keys := make([][4]uint32, len(ips))
+	for i, ip := range ips {
+		keys[i] = addrWords(endpointKey(ip))
+	}
+	return d.deleteLocalFlows(func(k xdpLocalKey, _ xdpLocalFlow) bool {
+		return slices.Contains(keys, k.Src) || slices.Contains(keys, k.Dst)
+	})
+}
+
+// SweepLocalFlows removes closed flows whose grace is over, which the
+// program removes itself only when one of their packets comes by. It
+// returns how many directions it removed.
+func (d *Datapath) SweepLocalFlows() (int, error) {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return 0, fmt.Errorf("read the monotonic clock: %w", err)
+	}
+	now := uint64(ts.Nano())
+	return d.deleteLocalFlows(func(_ xdpLocalKey, v xdpLocalFlow) bool {
+		return v.State == uint8(xdpLocalStateLOCAL_CLOSING) && now > v.Expires
+	})
+}
+
+func (d *Datapath) deleteLocalFlows(match func(xdpLocalKey, xdpLocalFlow) bool) (int, error) {
+	x, err := d.xdpMaps()
+	if err != nil {
+		return 0, err
+	}
+	var (
+		k    xdpLocalKey
+		v    xdpLocalFlow
+		dead []xdpLocalKey
+	)
+	it := x.localFlows.Iterate()
+	for it.Next(&k, &v) {
+		if match(k, v) {
+			dead = append(dead, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return 0, fmt.Errorf("list local flows: %w", err)
+	}
+	n := 0
+	for i := range dead {
+		err := x.localFlows.Delete(&dead[i])
+		if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return n, fmt.Errorf("delete local flow: %w", err)
+		}
+		n++
+	}
+	return n, nil
+}
+
+// LocalCounters are the local path's counters, summed over CPUs.
+type LocalCounters struct {
+	// SYNs counts client SYNs between two registered pods, Admitted the
+	// connections that then took the local path, AdmitFull those that
+	// could not (flow table full), OptedOut handshakes with an opted-out
+	// pod.
+	SYNs      uint64 `json:"syns"`
+	Admitted  uint64 `json:"admitted"`
+	AdmitFull uint64 `json:"admit_full"`
+	OptedOut  uint64 `json:"opted_out"`
+	// RedirectPackets and RedirectBytes are what went straight into the
+	// peer pods (bytes as seen on the veth, headers included).
+	RedirectPackets uint64 `json:"redirect_packets"`
+	RedirectBytes   uint64 `json:"redirect_bytes"`
+	// ClosedFIN and ClosedRST count connections that ended; Expired the
+	// closed directions the program removed after their grace.
+	ClosedFIN uint64 `json:"closed_fin"`
+	ClosedRST uint64 `json:"closed_rst"`
+	Expired   uint64 `json:"expired"`
+	// WrongVeth counts packets of a flow that entered by another veth
+	// than its pod's: left to the normal path.
+	WrongVeth uint64 `json:"wrong_veth"`
+	// Conntrack upkeep: entries kept alive, given the closing grace, and
+	// lookups that found no entry.
+	ConntrackRefresh uint64 `json:"conntrack_refresh"`
+	ConntrackClose   uint64 `json:"conntrack_close"`
+	ConntrackMissing uint64 `json:"conntrack_missing"`
+}
+
+// LocalCounters reads the local path's counters.
+func (d *Datapath) LocalCounters() (LocalCounters, error) {
+	x, err := d.xdpMaps()
+	if err != nil {
+		return LocalCounters{}, err
+	}
+	raw := make([]uint64, xdpLocalCounterLC_MAX)
+	var percpu []uint64
+	for i := range raw {
+		if err := x.localCounters.Lookup(uint32(i), &percpu); err != nil {
+			return LocalCounters{}, fmt.Errorf("read local counter %d: %w", i, err)
+		}
+		for _, v := range percpu {
+			raw[i] += v
+		}
+	}
+	return LocalCounters{
+		SYNs:             raw[xdpLocalCounterLC_SYN],
+		Admitted:         raw[xdpLocalCounterLC_ADMIT],
+		AdmitFull:        raw[xdpLocalCounterLC_ADMIT_FULL],
+		OptedOut:         raw[xdpLocalCounterLC_SKIP_OPT_OUT],
+		RedirectPackets:  raw[xdpLocalCounterLC_REDIRECT_PKTS],
+		RedirectBytes:    raw[xdpLocalCounterLC_REDIRECT_BYTES],
+		ClosedFIN:        raw[xdpLocalCounterLC_CLOSE_FIN],
+		ClosedRST:        raw[xdpLocalCounterLC_CLOSE_RST],
+		Expired:          raw[xdpLocalCounterLC_EXPIRED],
+		WrongVeth:        raw[xdpLocalCounterLC_WRONG_VETH],
+		ConntrackRefresh: raw[xdpLocalCounterLC_CT_REFRESH],
+		ConntrackClose:   raw[xdpLocalCounterLC_CT_CLOSE],
+		ConntrackMissing: raw[xdpLocalCounterLC_CT_MISSING],
+	}, nil
+}
+
+// drainLocalPrefix names the draining directory of an unloaded local path:
+// draining/local-<flow map id>/ holds its flow map and its pod links.
+const drainLocalPrefix = "local-"
+
+// drainLocal is Unload's part for the local packet path. Connections on it
+// bypass netfilter: a packet of theirs sent through it now would be out of
+// conntrack's window, INVALID, and dropped where kube-proxy drops those.
+// So while any is open, the pod programs stay attached and their flows
+// keep their path; the routes are emptied, so that no new connection is
+// admitted. A later Load or Unload removes them once the flows are gone.
+func drainLocal(pinDir string, res *UnloadResult) error {
+	flows, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, "patu_local_flows"), nil)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("open local flows: %w", err)
+	}
+	defer flows.Close()
+	live, err := liveLocalFlows(flows)
+	if err != nil || live == 0 {
+		return err
+	}
+	// No new admissions, and no XDP flow's replies sent out of an uplink
+	// that no longer has the XDP program.
+	for _, name := range []string{"patu_xdp_routes", "patu_xdp_flows"} {
+		if m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, name), nil); err == nil {
+			clearMap(m)
+			m.Close()
+		}
+	}
+	info, err := flows.Info()
+	if err != nil {
+		return fmt.Errorf("local flows map info: %w", err)
+	}
+	id, _ := info.ID()
+	keep := filepath.Join(pinDir, dirDraining, fmt.Sprintf("%s%d", drainLocalPrefix, id))
+	if err := os.MkdirAll(filepath.Join(keep, dirPodLinks), 0o700); err != nil {
+		return fmt.Errorf("keep local flows: %w", err)
+	}
+	if err := flows.Pin(filepath.Join(keep, "patu_local_flows")); err != nil && !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("keep local flows: %w", err)
+	}
+	d := &Datapath{pinDir: pinDir}
+	for _, pin := range d.podLinkPins() {
+		if err := os.Rename(pin, filepath.Join(keep, dirPodLinks, filepath.Base(pin))); err != nil {
+			return fmt.Errorf("keep pod link %s: %w", filepath.Base(pin), err)
+		}
+	}
+	res.LiveFlows, res.KeptFlows = live, keep
+	return nil
+}
+
+// sweepDrainingLocal removes a drained local path once none of its flows
+// is open (closed ones past their grace do not count), and reports
+// whether it is still live.
+func sweepDrainingLocal(dir string) (bool, error) {
+	flows, err := ebpf.LoadPinnedMap(filepath.Join(dir, "patu_local_flows"), nil)
+	live := 0
+	if err == nil {
+		live, err = liveLocalFlows(flows)
+		flows.Close()
+		if err != nil {
+			return true, err
+		}
+	}
+	if live > 0 {
+		return true, nil
+	}
+	entries, _ := os.ReadDir(filepath.Join(dir, dirPodLinks))
+	var pins []string
+	for _, e := range entries {
+		pins = append(pins, filepath.Join(dir, dirPodLinks, e.Name()))
+	}
+	detachPins(pins)
+	if err := os.RemoveAll(dir); err != nil {
+		return false, fmt.Errorf("remove drained local path %s: %w", dir, err)
+	}
+	return false, nil
+}
+
+// liveLocalFlows counts the directions in flows that are open or still in
+// their closing grace.
+func liveLocalFlows(flows *ebpf.Map) (int, error) {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return 0, fmt.Errorf("read the monotonic clock: %w", err)
+	}
+	now := uint64(ts.Nano())
+	var (
+		k    xdpLocalKey
+		v    xdpLocalFlow
+		live int
+	)
+	it := flows.Iterate()
+	for it.Next(&k, &v) {
+		if v.State != uint8(xdpLocalStateLOCAL_CLOSING) || now <= v.Expires {
+			live++
+		}
+	}
+	if err := it.Err(); err != nil {
+		return 0, fmt.Errorf("list local flows: %w", err)
+	}
+	return live, nil
+}
+
+// clearMap deletes every key of a hash map it can.
+func clearMap(m *ebpf.Map) {
+	var keys [][]byte
+	var key []byte
+	for {
+		next, err := m.NextKeyBytes(key)
+		if err != nil || next == nil {
+			break
+		}
+		keys = append(keys, next)
+		key = next
+	}
+	for _, k := range keys {
+		m.Delete(k)
+	}
+}
