@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/patu-dev/patu/bpf"
 	"github.com/patu-dev/patu/hook"
+	"github.com/patu-dev/patu/pods"
 )
 
 const usage = `usage: patu [--bpffs DIR] COMMAND [ARGS]
@@ -26,7 +28,7 @@ commands:
   unload                                   remove Patu; live connections keep working
   attach CGROUP_DIR                        attach sockops to a cgroup v2 directory (idempotent)
   detach CGROUP_DIR                        detach it (established sockets keep their path)
-  endpoint add IP [--name NS/POD] [--no-redirect]
+  endpoint add IP [--name NS/POD] [--veth HOSTVETH] [--socket] [--no-redirect]
   endpoint del IP
   endpoint list [-o json]
   status [-o json] [--state-dir DIR]       pods, attachments, endpoints, counters, hook failures
@@ -174,6 +176,8 @@ func cmdEndpoint(out io.Writer, pinDir string, args []string) error {
 	fs.SetOutput(io.Discard)
 	name := fs.String("name", "", "NS/POD")
 	noRedirect := fs.Bool("no-redirect", false, "opt the endpoint out")
+	socket := fs.Bool("socket", false, "opt the endpoint in to the socket path")
+	vethName := fs.String("veth", "", "the pod's host-side veth: the packet path's route into the pod")
 	format := fs.String("o", "table", "table or json")
 	// Flags may follow the IP, as in "endpoint add 10.0.0.2 --name a/b".
 	var pos []string
@@ -210,9 +214,22 @@ func cmdEndpoint(out io.Writer, pinDir string, args []string) error {
 			return usagef("endpoint %s: %q is not an IP address", sub, pos[0])
 		}
 		if sub == "del" {
-			return d.DeleteEndpoint(ip)
+			return deleteEndpoint(d, ip)
 		}
-		return d.AddEndpoint(bpf.Endpoint{IP: ip, Name: *name, NoRedirect: *noRedirect})
+		if err := d.AddEndpoint(bpf.Endpoint{IP: ip, Name: *name, NoRedirect: *noRedirect, Socket: *socket}); err != nil {
+			return err
+		}
+		if *vethName == "" {
+			return nil
+		}
+		l, err := net.InterfaceByName(*vethName)
+		if err != nil {
+			return fmt.Errorf("endpoint add %s: veth %q: %w", ip, *vethName, err)
+		}
+		if err := d.PutXDPRoute(bpf.XDPRoute{IP: ip, HostIfindex: uint32(l.Index), NoLocal: *noRedirect}); err != nil {
+			return err
+		}
+		return d.AttachPod(uint32(l.Index))
 	case "list":
 		eps, err := d.Endpoints()
 		if err != nil {
@@ -228,11 +245,45 @@ func cmdEndpoint(out io.Writer, pinDir string, args []string) error {
 	}
 }
 
+// deleteEndpoint removes an address: its endpoint, its packet path route
+// and connections, and the pod program of its veth when no other route
+// leads there.
+func deleteEndpoint(d *bpf.Datapath, ip netip.Addr) error {
+	routes, err := d.XDPRoutes()
+	if err != nil && !errors.Is(err, bpf.ErrNotLoaded) {
+		return err
+	}
+	var veth uint32
+	shared := false
+	for _, r := range routes {
+		if r.IP == ip {
+			veth = r.HostIfindex
+		}
+	}
+	for _, r := range routes {
+		shared = shared || (r.IP != ip && r.HostIfindex == veth)
+	}
+	if veth != 0 {
+		if err := d.DeleteXDPRoute(ip); err != nil {
+			return err
+		}
+		if _, err := d.DeleteLocalFlows([]netip.Addr{ip}); err != nil {
+			return err
+		}
+		if !shared {
+			if err := d.DetachPod(veth); err != nil {
+				return err
+			}
+		}
+	}
+	return d.DeleteEndpoint(ip)
+}
+
 func writeEndpoints(out io.Writer, eps []bpf.Endpoint) {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "IP\tNAME\tREDIRECT")
+	fmt.Fprintln(tw, "IP\tNAME\tREDIRECT\tSOCKET PATH")
 	for _, ep := range eps {
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", ep.IP, orDash(ep.Name), onOff(!ep.NoRedirect))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", ep.IP, orDash(ep.Name), onOff(!ep.NoRedirect), onOff(ep.Socket && !ep.NoRedirect))
 	}
 	tw.Flush()
 }
@@ -247,7 +298,10 @@ type Status struct {
 	Attachments []bpf.Attachment `json:"attachments"`
 	Endpoints   []bpf.Endpoint   `json:"endpoints"`
 	Pods        []PodStatus      `json:"pods"`
-	Counters    bpf.Counters     `json:"counters"`
+	// Local is the local packet path: TCP between pods of the node.
+	Local LocalStatus `json:"local"`
+	// Counters are the socket path's (opt-in).
+	Counters bpf.Counters `json:"counters"`
 	// HookFailures are the failures `patu hook` counted, when any.
 	HookFailures *hook.Failures `json:"hook_failures,omitempty"`
 	XDP          XDPStatus      `json:"xdp"`
@@ -261,6 +315,34 @@ type XDPStatus struct {
 	ExcludedPorts []bpf.PortKey   `json:"excluded_ports"`
 	Flows         int             `json:"flows"`
 	Counters      bpf.XDPCounters `json:"counters"`
+}
+
+// LocalStatus is the local packet path: its connections and counters.
+type LocalStatus struct {
+	// Open and Closing count connection directions on the path.
+	Open     int               `json:"open"`
+	Closing  int               `json:"closing"`
+	Counters bpf.LocalCounters `json:"counters"`
+}
+
+func localStatus(d *bpf.Datapath) (LocalStatus, error) {
+	var st LocalStatus
+	flows, err := d.LocalFlows()
+	if errors.Is(err, bpf.ErrNotLoaded) {
+		return st, nil // pins of a build without it
+	}
+	if err != nil {
+		return st, err
+	}
+	for _, f := range flows {
+		if f.Closing {
+			st.Closing++
+		} else {
+			st.Open++
+		}
+	}
+	st.Counters, err = d.LocalCounters()
+	return st, err
 }
 
 // PodStatus is a pod record with its live short-circuited sockets.
@@ -311,6 +393,9 @@ func cmdStatus(out io.Writer, pinDir string, args []string) error {
 	if st.Pods, err = podStatus(d); err != nil {
 		return err
 	}
+	if st.Local, err = localStatus(d); err != nil {
+		return err
+	}
 	if st.XDP, err = xdpStatus(d); err != nil {
 		return err
 	}
@@ -318,7 +403,8 @@ func cmdStatus(out io.Writer, pinDir string, args []string) error {
 		return writeJSON(out, st)
 	}
 	c := st.Counters
-	fmt.Fprintf(out, "pinned under %s, %d sockets in the socket map\n\n", pinDir, st.LiveSockets)
+	fmt.Fprintf(out, "pinned under %s; %d connection directions on the packet path, %d sockets in the socket map\n\n",
+		pinDir, st.Local.Open, st.LiveSockets)
 	fmt.Fprintln(out, "attached cgroups:")
 	for _, a := range st.Attachments {
 		gone := ""
@@ -331,12 +417,13 @@ func cmdStatus(out io.Writer, pinDir string, args []string) error {
 	writePods(out, st.Pods)
 	fmt.Fprintln(out, "\nendpoints:")
 	writeEndpoints(out, st.Endpoints)
-	fmt.Fprintln(out, "\nsockets:")
+	writeLocal(out, st.Local)
+	fmt.Fprintln(out, "\nsocket path (opt-in, "+pods.SocketAnnotation+"): sockets")
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "  seen\t%d\n  inserted\t%d\n  closed\t%d\n  skipped: not local\t%d\n  skipped: opted out\t%d\n  skipped: mptcp\t%d\n  skipped: ulp/ktls\t%d\n  insert failed: state\t%d\n  insert failed: map\t%d\n  read with recvmsg\t%d\n",
-		c.SocketsSeen, c.SocketsInserted, c.SocketsClosed, c.SkipNotLocal, c.SkipOptOut, c.SkipMPTCP, c.SkipULP, c.InsertFailState, c.InsertFailMap, c.RecvProven)
+	fmt.Fprintf(tw, "  seen\t%d\n  inserted\t%d\n  closed\t%d\n  skipped: not local\t%d\n  skipped: opted out\t%d\n  skipped: not opted in\t%d\n  skipped: mptcp\t%d\n  skipped: ulp/ktls\t%d\n  insert failed: state\t%d\n  insert failed: map\t%d\n  read with recvmsg\t%d\n",
+		c.SocketsSeen, c.SocketsInserted, c.SocketsClosed, c.SkipNotLocal, c.SkipOptOut, c.SkipNotSocket, c.SkipMPTCP, c.SkipULP, c.InsertFailState, c.InsertFailMap, c.RecvProven)
 	tw.Flush()
-	fmt.Fprintln(out, "\ntraffic:")
+	fmt.Fprintln(out, "\nsocket path: traffic")
 	tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "  redirected\t%d msgs\t%d bytes\n", c.RedirectMsgs, c.RedirectBytes)
 	reasons := make([]string, 0, len(c.Fallback))
@@ -370,6 +457,24 @@ func writeNotLoaded(out io.Writer, st Status, format, stateDir string) error {
 		fmt.Fprintf(out, "\n%s\n", hookFailureLine(stateDir, *st.HookFailures))
 	}
 	return nil
+}
+
+// writeLocal prints the local packet path's part of the status.
+func writeLocal(out io.Writer, l LocalStatus) {
+	c := l.Counters
+	fmt.Fprintln(out, "\npacket path: TCP between pods of this node, pod to pod past the bridge and netfilter once")
+	fmt.Fprintln(out, "its handshake went through them")
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "  connections admitted\t%d\t(of %d handshakes between pods; %d opted out, %d not admitted: table full)\n",
+		c.Admitted, c.SYNs, c.OptedOut, c.AdmitFull)
+	fmt.Fprintf(tw, "  directions open / closing\t%d / %d\n", l.Open, l.Closing)
+	fmt.Fprintf(tw, "  pod to pod\t%d packets\t%d bytes\n", c.RedirectPackets, c.RedirectBytes)
+	fmt.Fprintf(tw, "  closed\t%d FIN, %d RST\t(%d expired after the grace)\n", c.ClosedFIN, c.ClosedRST, c.Expired)
+	fmt.Fprintf(tw, "  conntrack\t%d kept alive, %d given the closing grace, %d without entry\n", c.ConntrackRefresh, c.ConntrackClose, c.ConntrackMissing)
+	if c.WrongVeth > 0 {
+		fmt.Fprintf(tw, "  packets by another veth\t%d\t(left to the normal path)\n", c.WrongVeth)
+	}
+	tw.Flush()
 }
 
 // hookFailureLine says how often patu hook failed, and the last reason.

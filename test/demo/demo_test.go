@@ -74,7 +74,7 @@ func TestDemoFreshMachine(t *testing.T) {
 	for _, want := range []string{
 		"$ crictl runp server-pod.json",
 		"demo/server",                 // patu status lists the pods
-		"redirected socket to socket", // the transfer's counters
+		"pod to pod, past the bridge", // the transfer's counters
 		"64 B   bridge", "Patu", "1 KiB  bridge",
 		"Cleaned up",
 	} {
@@ -135,9 +135,9 @@ func TestWriteTable(t *testing.T) {
 	}
 	var out bytes.Buffer
 	writeTable(&out, []rrRun{rr(64, 20, 100, 40000, 160000)}, []rrRun{rr(64, 15, 50, 50000, 12)})
-	want := `                     p50 µs    p99 µs   round trips/s   veth packets
-   64 B   bridge       20.0     100.0          40,000        160,000
-          Patu         15.0      50.0          50,000             12
+	want := `                     p50 µs    p99 µs   round trips/s  bridge packets
+   64 B   bridge       20.0     100.0          40,000         160,000
+          Patu         15.0      50.0          50,000              12
           change       -25%      -50%            +25%
 `
 	if out.String() != want {

@@ -10,14 +10,37 @@ import (
 
 // counterDelta is what Patu's counters moved between two readings.
 type counterDelta struct {
+	Admitted        uint64 // connections that took the packet path
+	LocalPackets    uint64
+	LocalBytes      uint64
 	SocketsInserted uint64
 	RedirectMsgs    uint64
 	RedirectBytes   uint64
 	Fallback        map[string]bpf.Traffic
 }
 
-func diffCounters(a, b bpf.Counters) *counterDelta {
+// snapshot is one reading of both fast paths' counters.
+type snapshot struct {
+	sock  bpf.Counters
+	local bpf.LocalCounters
+}
+
+func readSnapshot(dp *bpf.Datapath) (snapshot, error) {
+	var s snapshot
+	var err error
+	if s.sock, err = dp.Counters(); err != nil {
+		return s, err
+	}
+	s.local, err = dp.LocalCounters()
+	return s, err
+}
+
+func diffCounters(sa, sb snapshot) *counterDelta {
+	a, b := sa.sock, sb.sock
 	d := &counterDelta{
+		Admitted:        sb.local.Admitted - sa.local.Admitted,
+		LocalPackets:    sb.local.RedirectPackets - sa.local.RedirectPackets,
+		LocalBytes:      sb.local.RedirectBytes - sa.local.RedirectBytes,
 		SocketsInserted: b.SocketsInserted - a.SocketsInserted,
 		RedirectMsgs:    b.RedirectMsgs - a.RedirectMsgs,
 		RedirectBytes:   b.RedirectBytes - a.RedirectBytes,
@@ -28,6 +51,9 @@ func diffCounters(a, b bpf.Counters) *counterDelta {
 	}
 	return d
 }
+
+// carried is what the fast paths carried: pod to pod or socket to socket.
+func (d *counterDelta) carried() uint64 { return d.LocalBytes + d.RedirectBytes }
 
 // tcpBytes is what went over TCP although Patu tracked the sockets.
 func (d *counterDelta) tcpBytes() uint64 {
@@ -52,6 +78,11 @@ var fallbackReasons = []struct{ name, why string }{
 // String shows the delta as lines for the demo's output.
 func (d *counterDelta) String() string {
 	var b strings.Builder
+	fmt.Fprintf(&b, "%-28s %d\n", "connections admitted", d.Admitted)
+	fmt.Fprintf(&b, "%-28s %s packets, %.1f MiB (headers included)\n", "pod to pod, past the bridge", count(d.LocalPackets), mib(d.LocalBytes))
+	if d.SocketsInserted == 0 && d.RedirectMsgs == 0 {
+		return b.String()
+	}
 	fmt.Fprintf(&b, "%-28s %d\n", "sockets added to its map", d.SocketsInserted)
 	fmt.Fprintf(&b, "%-28s %s msgs, %.1f MiB\n", "redirected socket to socket", count(d.RedirectMsgs), mib(d.RedirectBytes))
 	for _, r := range fallbackReasons {
@@ -67,10 +98,10 @@ func (d *counterDelta) String() string {
 // message size, with Patu's change against the bridge.
 func writeTable(w io.Writer, bridge, patu []rrRun) {
 	row := func(size, path, p50, p99, tx, pkts string) {
-		line := fmt.Sprintf("   %-6s %-7s %9s %9s %15s %14s", size, path, p50, p99, tx, pkts)
+		line := fmt.Sprintf("   %-6s %-7s %9s %9s %15s %15s", size, path, p50, p99, tx, pkts)
 		fmt.Fprintln(w, strings.TrimRight(line, " "))
 	}
-	row("", "", "p50 µs", "p99 µs", "round trips/s", "veth packets")
+	row("", "", "p50 µs", "p99 µs", "round trips/s", "bridge packets")
 	for i := range bridge {
 		if i >= len(patu) {
 			break

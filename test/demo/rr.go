@@ -18,16 +18,16 @@ import (
 type rrRun struct {
 	size int
 	res  sockperf.Result
-	// vethPkts is what the run moved through both pods' host veths.
+	// vethPkts is what the bridge handed the pods through their veths.
 	vethPkts uint64
-	// redirectBytes is what Patu redirected during the run (0 without
-	// Patu).
+	// redirectBytes is what Patu's fast paths carried during the run (0
+	// without Patu).
 	redirectBytes uint64
 }
 
-// redirected tells whether a run with Patu went socket to socket: bytes
-// were redirected, and the veths moved no more than a connection's
-// handshake and first messages, far fewer packets than round trips.
+// redirected tells whether a run with Patu took its fast path: bytes were
+// carried, and the bridge handed the pods no more than a connection's
+// handshake, far fewer packets than round trips.
 func (r rrRun) redirected() bool {
 	return r.redirectBytes > 0 && r.vethPkts < uint64(r.res.Received)/100
 }
@@ -41,10 +41,10 @@ func (d *demo) rrAll(ctx context.Context, dp *bpf.Datapath, showCommands bool) (
 		if err != nil {
 			return nil, fmt.Errorf("sockperf %s: %w", sizeName(size), err)
 		}
-		line := fmt.Sprintf("%-6s p50 %6.1f µs, p99 %6.1f µs, %s round trips/s; the veths moved %s packets",
+		line := fmt.Sprintf("%-6s p50 %6.1f µs, p99 %6.1f µs, %s round trips/s; the bridge handed the pods %s packets",
 			sizeName(size)+":", r.res.P50(), r.res.P99(), count(uint64(r.res.TxPerSec())), count(r.vethPkts))
 		if dp != nil {
-			line += fmt.Sprintf(", Patu redirected %.1f MiB", mib(r.redirectBytes))
+			line += fmt.Sprintf(", Patu carried %.1f MiB", mib(r.redirectBytes))
 		}
 		d.printf("     %s\n", line)
 		runs = append(runs, r)
@@ -79,9 +79,9 @@ func (d *demo) rr(ctx context.Context, size int, dp *bpf.Datapath, show bool) (r
 		return r, err
 	}
 
-	var c0, c1 bpf.Counters
+	var c0, c1 uint64
 	if dp != nil {
-		if c0, err = dp.Counters(); err != nil {
+		if c0, err = dp.CarriedBytes(); err != nil {
 			return r, err
 		}
 	}
@@ -108,10 +108,10 @@ func (d *demo) rr(ctx context.Context, size int, dp *bpf.Datapath, show bool) (r
 	}
 	r.vethPkts = v1 - v0
 	if dp != nil {
-		if c1, err = dp.Counters(); err != nil {
+		if c1, err = dp.CarriedBytes(); err != nil {
 			return r, err
 		}
-		r.redirectBytes = c1.RedirectBytes - c0.RedirectBytes
+		r.redirectBytes = c1 - c0
 	}
 	if r.res, err = sockperf.Parse(out.String()); err != nil {
 		return r, err

@@ -266,10 +266,20 @@ func (n *node) dp() *bpf.Datapath {
 	return dp
 }
 
-func (n *node) counters() bpf.Counters {
+// carried is what Patu's fast paths carried so far (bpf.CarriedBytes).
+func (n *node) carried() uint64 {
 	n.t.Helper()
-	dp := n.dp()
-	c, err := dp.Counters()
+	b, err := n.dp().CarriedBytes()
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	return b
+}
+
+// local returns the local packet path's counters.
+func (n *node) local() bpf.LocalCounters {
+	n.t.Helper()
+	c, err := n.dp().LocalCounters()
 	if err != nil {
 		n.t.Fatal(err)
 	}

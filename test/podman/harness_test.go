@@ -378,9 +378,20 @@ func (e *env) dp() *bpf.Datapath {
 	return e.datapath
 }
 
-func (e *env) counters() bpf.Counters {
+// carried is what Patu's fast paths carried so far (bpf.CarriedBytes).
+func (e *env) carried() uint64 {
 	e.t.Helper()
-	c, err := e.dp().Counters()
+	b, err := e.dp().CarriedBytes()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return b
+}
+
+// local returns the local packet path's counters.
+func (e *env) local() bpf.LocalCounters {
+	e.t.Helper()
+	c, err := e.dp().LocalCounters()
 	if err != nil {
 		e.t.Fatal(err)
 	}
