@@ -1,8 +1,10 @@
 package netns
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -165,4 +167,18 @@ func onThread(fn func() error) error {
 		panic(res.panic)
 	}
 	return res.err
+}
+
+// Dial connects to address from inside the network namespace at path: the
+// socket is made there, then used from any thread (a local service of a
+// test's node namespace, say).
+func Dial(ctx context.Context, path, network, address string) (net.Conn, error) {
+	var c net.Conn
+	err := Do(path, func() error {
+		var d net.Dialer
+		var err error
+		c, err = d.DialContext(ctx, network, address)
+		return err
+	})
+	return c, err
 }

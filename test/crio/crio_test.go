@@ -22,6 +22,7 @@ import (
 	"github.com/patu-dev/patu/bpf"
 	"github.com/patu-dev/patu/internal/logtail"
 	"github.com/patu-dev/patu/internal/peerresult"
+	"github.com/patu-dev/patu/netns"
 	"github.com/patu-dev/patu/runtime"
 	"github.com/patu-dev/patu/runtime/cri"
 )
@@ -223,7 +224,7 @@ func testDaemon(t *testing.T, l *lab) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	a := l.runPod(t, ctx, "a", nil, serverCmd...)
-	d := startDaemon(t)
+	d := startDaemon(t, l.nsPath)
 	b := l.runPod(t, ctx, "b", nil, serverCmd...)
 	recA, recB := d.waitRegistered(a, 1), d.waitRegistered(b, 1)
 	t.Logf("a: %s ips %v cgroups %v source %v", recA, recA.IPs, recA.Cgroups, recA.Source)
@@ -296,7 +297,7 @@ func testNoPodEvents(t *testing.T, l *lab) {
 	if err := l.restartCRIO(ctx, false); err != nil {
 		t.Fatal(err)
 	}
-	d := startDaemon(t, "--poll", "1s")
+	d := startDaemon(t, l.nsPath, "--poll", "1s")
 	time.Sleep(1500 * time.Millisecond) // a few polls before the pod
 	t0 := time.Now()
 	e := l.runPod(t, ctx, "e", nil, serverCmd...)
@@ -315,13 +316,14 @@ func testNoPodEvents(t *testing.T, l *lab) {
 // daemon is a running patu daemon with its own pin directory.
 type daemon struct {
 	t       *testing.T
+	nsPath  string // the node's network namespace, where it runs
 	cmd     *exec.Cmd
 	logPath string
 	metrics string
 	exited  chan struct{}
 }
 
-func startDaemon(t *testing.T, flags ...string) *daemon {
+func startDaemon(t *testing.T, nsPath string, flags ...string) *daemon {
 	t.Helper()
 	bpf.Unload(pinDir)
 	dir := t.TempDir()
@@ -329,7 +331,7 @@ func startDaemon(t *testing.T, flags ...string) *daemon {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := &daemon{t: t, logPath: filepath.Join(dir, "daemon.log"), metrics: ln.Addr().String(), exited: make(chan struct{})}
+	d := &daemon{t: t, nsPath: nsPath, logPath: filepath.Join(dir, "daemon.log"), metrics: ln.Addr().String(), exited: make(chan struct{})}
 	ln.Close()
 	logf, err := os.Create(d.logPath)
 	if err != nil {
@@ -342,7 +344,8 @@ func startDaemon(t *testing.T, flags ...string) *daemon {
 	d.cmd.Args = append(d.cmd.Args, flags...)
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := d.cmd.Start(); err != nil {
+	// In the node's network namespace, where the pods' host veths are.
+	if err := netns.Do(d.nsPath, d.cmd.Start); err != nil {
 		t.Fatal(err)
 	}
 	go func() { d.cmd.Wait(); close(d.exited) }()
@@ -501,7 +504,10 @@ func waitListening(t *testing.T, ctx context.Context, l *lab, from *pod, addr st
 // metric returns the value of the sample whose line starts with name.
 func (d *daemon) metric(name string) float64 {
 	d.t.Helper()
-	resp, err := http.Get("http://" + d.metrics + "/metrics")
+	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return netns.Dial(ctx, d.nsPath, network, addr)
+	}}}
+	resp, err := client.Get("http://" + d.metrics + "/metrics")
 	if err != nil {
 		d.t.Fatal(err)
 	}

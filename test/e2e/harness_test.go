@@ -166,7 +166,9 @@ func (n *node) startDaemon() {
 		"--resync", "1m")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	// In the node's network namespace, where its pods' host veths are,
+	// as on a node: the daemon attaches the pod program to them.
+	if err := netns.Do(n.lab.Netns(), cmd.Start); err != nil {
 		n.t.Fatal(err)
 	}
 	n.daemon = cmd
@@ -233,7 +235,7 @@ func rssKiB(t *testing.T, pid int) int64 {
 // with prefix (a name, or a name with labels).
 func (n *node) metric(prefix string) float64 {
 	n.t.Helper()
-	resp, err := http.Get("http://" + n.metrics + "/metrics")
+	resp, err := nodeHTTP(n.lab.Netns()).Get("http://" + n.metrics + "/metrics")
 	if err != nil {
 		n.t.Fatal(err)
 	}
@@ -425,4 +427,12 @@ func (n *node) vethPackets(p *pod) uint64 {
 		n.t.Fatalf("host veth of %s: %v", p.Name, err)
 	}
 	return pk
+}
+
+// nodeHTTP is an HTTP client that connects from inside the node's network
+// namespace, where the daemon serves its metrics.
+func nodeHTTP(nsPath string) *http.Client {
+	return &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return netns.Dial(ctx, nsPath, network, addr)
+	}}}
 }
