@@ -193,7 +193,7 @@ func testHooks(t *testing.T, l *lab) {
 	c0 := d.carried()
 	// Paced as in the other suites: a writer that never pauses outruns
 	// the reader on a loaded VM, and backpressure sends the rest over TCP.
-	res := d.client(ctx, l, b, "--connect", net.JoinHostPort(a.ip, "8080"), "--mode", "stream", "--bytes", strconv.Itoa(32<<20),)
+	res := d.client(ctx, l, b, "--connect", net.JoinHostPort(a.ip, "8080"), "--mode", "stream", "--bytes", strconv.Itoa(32<<20))
 	red := d.carried() - c0
 	t.Logf("%d bytes sent, %d redirected", res.Bytes, red)
 	if red < uint64(res.Bytes)*9/10 {
@@ -251,7 +251,7 @@ func testDaemon(t *testing.T, l *lab) {
 		waitListening(t, ctx, l, b, net.JoinHostPort(a.ip, "8080"))
 		c0 := d.carried()
 		// Paced, as above.
-		res := d.client(ctx, l, b, "--connect", net.JoinHostPort(a.ip, "8080"), "--mode", "stream", "--bytes", strconv.Itoa(32<<20),)
+		res := d.client(ctx, l, b, "--connect", net.JoinHostPort(a.ip, "8080"), "--mode", "stream", "--bytes", strconv.Itoa(32<<20))
 		red := d.carried() - c0
 		t.Logf("%d bytes sent, %d redirected", res.Bytes, red)
 		if red < uint64(res.Bytes)*9/10 {
