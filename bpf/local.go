@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 )
 
@@ -215,7 +216,8 @@ func drainLocal(pinDir string, res *UnloadResult) error {
 		return fmt.Errorf("open local flows: %w", err)
 	}
 	defer flows.Close()
-	live, err := liveLocalFlows(flows)
+	d := &Datapath{pinDir: pinDir}
+	live, err := liveLocalFlows(flows, linkedVeths(d.podLinkPins()))
 	if err != nil || live == 0 {
 		return err
 	}
@@ -239,7 +241,6 @@ func drainLocal(pinDir string, res *UnloadResult) error {
 	if err := flows.Pin(filepath.Join(keep, "patu_local_flows")); err != nil && !errors.Is(err, fs.ErrExist) {
 		return fmt.Errorf("keep local flows: %w", err)
 	}
-	d := &Datapath{pinDir: pinDir}
 	for _, pin := range d.podLinkPins() {
 		if err := os.Rename(pin, filepath.Join(keep, dirPodLinks, filepath.Base(pin))); err != nil {
 			return fmt.Errorf("keep pod link %s: %w", filepath.Base(pin), err)
@@ -250,12 +251,19 @@ func drainLocal(pinDir string, res *UnloadResult) error {
 }
 
 // sweepDrainingLocal removes a drained local path once none of its flows
-// is open, and reports whether it is still live.
+// is open on a veth that still exists (a flow of a deleted pod has nowhere
+// to go), and reports whether it is still live.
 func sweepDrainingLocal(dir string) (bool, error) {
+	entries, _ := os.ReadDir(filepath.Join(dir, dirPodLinks))
+	var pins []string
+	for _, e := range entries {
+		pins = append(pins, filepath.Join(dir, dirPodLinks, e.Name()))
+	}
+	veths := linkedVeths(pins)
 	flows, err := ebpf.LoadPinnedMap(filepath.Join(dir, "patu_local_flows"), nil)
 	live := 0
 	if err == nil {
-		live, err = liveLocalFlows(flows)
+		live, err = liveLocalFlows(flows, veths)
 		flows.Close()
 		if err != nil {
 			return true, err
@@ -264,11 +272,6 @@ func sweepDrainingLocal(dir string) (bool, error) {
 	if live > 0 {
 		return true, nil
 	}
-	entries, _ := os.ReadDir(filepath.Join(dir, dirPodLinks))
-	var pins []string
-	for _, e := range entries {
-		pins = append(pins, filepath.Join(dir, dirPodLinks, e.Name()))
-	}
 	detachPins(pins)
 	if err := os.RemoveAll(dir); err != nil {
 		return false, fmt.Errorf("remove drained local path %s: %w", dir, err)
@@ -276,10 +279,25 @@ func sweepDrainingLocal(dir string) (bool, error) {
 	return false, nil
 }
 
-// liveLocalFlows counts the directions in flows that are open. Closed
-// ones in their grace do not hold a drained path: what is left of them is
-// a retransmission at most.
-func liveLocalFlows(flows *ebpf.Map) (int, error) {
+// linkedVeths returns the veths the pod links at pins are attached to:
+// a link whose veth was deleted (its pod went) is not.
+func linkedVeths(pins []string) map[uint32]bool {
+	veths := map[uint32]bool{}
+	for _, pin := range pins {
+		if l, err := link.LoadPinnedLink(pin, nil); err == nil {
+			if info, err := l.Info(); err == nil && info.TCX() != nil && info.TCX().Ifindex != 0 {
+				veths[info.TCX().Ifindex] = true
+			}
+			l.Close()
+		}
+	}
+	return veths
+}
+
+// liveLocalFlows counts the directions in flows that are open, entering by
+// one of veths. Closed ones in their grace do not
+// hold a drained path: what is left of them is a retransmission at most.
+func liveLocalFlows(flows *ebpf.Map, veths map[uint32]bool) (int, error) {
 	var (
 		k    xdpLocalKey
 		v    xdpLocalFlow
@@ -287,7 +305,7 @@ func liveLocalFlows(flows *ebpf.Map) (int, error) {
 	)
 	it := flows.Iterate()
 	for it.Next(&k, &v) {
-		if v.State == uint8(xdpLocalStateLOCAL_OPEN) {
+		if v.State == uint8(xdpLocalStateLOCAL_OPEN) && veths[v.From] {
 			live++
 		}
 	}
@@ -302,7 +320,13 @@ func clearMap(m *ebpf.Map) {
 	var keys [][]byte
 	var key []byte
 	for {
-		next, err := m.NextKeyBytes(key)
+		var next []byte
+		var err error
+		if key == nil {
+			next, err = m.NextKeyBytes(nil) // a typed nil slice would be taken for a key
+		} else {
+			next, err = m.NextKeyBytes(key)
+		}
 		if err != nil || next == nil {
 			break
 		}

@@ -12,8 +12,10 @@ import (
 	"time"
 
 	"github.com/patu-dev/patu/bpf"
+	"github.com/patu-dev/patu/internal/peerresult"
 	"github.com/patu-dev/patu/internal/sockperf"
 	"github.com/patu-dev/patu/internal/testnet"
+	"github.com/patu-dev/patu/pods"
 )
 
 // path is one of the data paths compared side by side.
@@ -21,11 +23,14 @@ type path string
 
 const (
 	pathBridge   path = "bridge"   // pod A → veth → bridge → veth → pod B, Patu not loaded
-	pathPatu     path = "patu"     // the same pods, Patu loaded, both attached and registered
+	pathPatu     path = "patu"     // the same pods registered with Patu: its default, the local packet path
+	pathSocket   path = "socket"   // the same, both pods opted in to the socket path
 	pathLoopback path = "loopback" // client and server in pod A over 127.0.0.1, Patu not loaded
 )
 
-var allPaths = []path{pathBridge, pathPatu, pathLoopback}
+var allPaths = []path{pathBridge, pathPatu, pathSocket, pathLoopback}
+
+func (p path) patu() bool { return p == pathPatu || p == pathSocket }
 
 // kind is the kind of measurement a cell makes.
 type kind string
@@ -33,12 +38,18 @@ type kind string
 const (
 	kindRR   kind = "rr"   // sockperf TCP ping-pong
 	kindBulk kind = "bulk" // iperf3, one stream
+	// kindVerify: a stream of a fixed size to a reader that verifies
+	// every byte (patu-testpeer); with a Rate, the reader is capped at
+	// that many MB/s, as one that does work on the bytes.
+	kindVerify kind = "verify"
 )
 
 // cell is one measurement configuration, run on every path in every round.
 type cell struct {
 	Kind kind `json:"kind"`
-	Size int  `json:"size"` // message size (rr) or write size (bulk), bytes
+	Size int  `json:"size"` // message size (rr), write size (bulk) or stream size (verify), bytes
+	// Rate caps a verify cell's reader, MB/s (0: no cap).
+	Rate int `json:"rate,omitempty"`
 	// CPU pins client and server to one CPU; -1 lets the scheduler place them.
 	CPU int `json:"cpu"`
 }
@@ -51,8 +62,14 @@ func (c cell) placement() string {
 }
 
 func (c cell) String() string {
-	if c.Kind == kindRR {
+	switch c.Kind {
+	case kindRR:
 		return fmt.Sprintf("rr %s %s", sizeName(c.Size), c.placement())
+	case kindVerify:
+		if c.Rate > 0 {
+			return fmt.Sprintf("verify %s capped %d MB/s", sizeName(c.Size), c.Rate)
+		}
+		return fmt.Sprintf("verify %s", sizeName(c.Size))
 	}
 	return fmt.Sprintf("bulk %s", sizeName(c.Size))
 }
@@ -84,6 +101,12 @@ type sample struct {
 	// softirq) during the measured window, which lasts WindowSec.
 	CPUSec    float64 `json:"cpu_s"`
 	WindowSec float64 `json:"window_s"`
+	// KernelCPUSec is the part of CPUSec in the kernel: system + irq +
+	// softirq, all CPUs.
+	KernelCPUSec   float64 `json:"kernel_cpu_s"`
+	KernelCPUPerGB float64 `json:"kernel_cpu_s_per_gb,omitempty"`
+	// Verify is a verify cell's result.
+	Verify *verifyResult `json:"verify,omitempty"`
 	// Window says what bounds it: the tool's own "Starting test" and
 	// "Test end" lines, or the client process's lifetime.
 	Window     string  `json:"window"`
@@ -111,6 +134,11 @@ func (s sample) ok() bool { return s.Error == "" }
 
 // patuDelta is what Patu's counters say about one run.
 type patuDelta struct {
+	// The local packet path: connections admitted, what it carried.
+	Admitted     uint64 `json:"admitted"`
+	LocalPackets uint64 `json:"local_packets"`
+	LocalBytes   uint64 `json:"local_bytes"`
+
 	SocketsInserted uint64                 `json:"sockets_inserted"`
 	RedirectMsgs    uint64                 `json:"redirect_msgs"`
 	RedirectBytes   uint64                 `json:"redirect_bytes"`
@@ -122,8 +150,11 @@ type patuDelta struct {
 	LeftInMap int `json:"left_in_map"`
 }
 
-func diffCounters(a, b bpf.Counters) *patuDelta {
+func diffCounters(a, b bpf.Counters, la, lb bpf.LocalCounters) *patuDelta {
 	d := &patuDelta{
+		Admitted:        lb.Admitted - la.Admitted,
+		LocalPackets:    lb.RedirectPackets - la.RedirectPackets,
+		LocalBytes:      lb.RedirectBytes - la.RedirectBytes,
 		SocketsInserted: b.SocketsInserted - a.SocketsInserted,
 		RedirectMsgs:    b.RedirectMsgs - a.RedirectMsgs,
 		RedirectBytes:   b.RedirectBytes - a.RedirectBytes,
@@ -161,6 +192,8 @@ type bench struct {
 	// keepOutput keeps every tool output in the samples, not only failed
 	// ones: for debugging, and for capturing parser test data.
 	keepOutput bool
+	// peerBin is patu-testpeer, for the verify cells.
+	peerBin string
 }
 
 // setupTopology sweeps what a crashed run may have left, then builds the
@@ -196,14 +229,14 @@ func (bn *bench) teardown() error {
 	return errors.Join(errs...)
 }
 
-// loadPatu loads Patu under the benchmark's pin dir, attaches both pods'
-// cgroups and registers both pods' addresses.
-func (bn *bench) loadPatu() (*bpf.Datapath, error) {
+// loadPatu loads Patu under the benchmark's pin dir and registers both
+// pods as its CNI plugin does; socket opts them in to the socket path.
+func (bn *bench) loadPatu(socket bool) (*bpf.Datapath, error) {
 	dp, err := bpf.Load(bpf.Options{PinDir: bn.pinDir})
 	if err != nil {
 		return nil, fmt.Errorf("load patu: %w", err)
 	}
-	if err := bn.register(dp); err != nil {
+	if err := bn.register(dp, socket); err != nil {
 		// Roll back: the next bridge run must not find Patu loaded.
 		if _, uerr := bn.unloadPatu(dp); uerr != nil {
 			err = errors.Join(err, uerr)
@@ -213,15 +246,20 @@ func (bn *bench) loadPatu() (*bpf.Datapath, error) {
 	return dp, nil
 }
 
-func (bn *bench) register(dp *bpf.Datapath) error {
+func (bn *bench) register(dp *bpf.Datapath, socket bool) error {
 	for _, p := range []*testnet.Pod{bn.a, bn.b} {
-		if err := dp.Attach(p.CgroupDir); err != nil {
-			return fmt.Errorf("attach %s: %w", p.Name, err)
-		}
-		for _, ip := range []netip.Addr{p.IPv4, p.IPv6} {
-			if err := dp.AddEndpoint(bpf.Endpoint{IP: ip, Name: "bench/" + p.Name}); err != nil {
-				return fmt.Errorf("register %s: %w", ip, err)
+		rec := bpf.Pod{ID: "bench-" + p.Name, Namespace: "bench", Name: p.Name, Netns: p.NetnsPath,
+			IPs: []netip.Addr{p.IPv4, p.IPv6}, HostIfindex: uint32(p.HostIfindex), HostMAC: p.HostMAC, PodMAC: p.PodMAC,
+			Socket: socket, Source: bpf.PodFromCNI, Confirmed: true, Created: time.Now()}
+		// From the node's namespace, where the pod's host veth is.
+		err := bn.net.Node.Do(func() error {
+			if _, err := pods.Register(dp, rec); err != nil {
+				return err
 			}
+			return pods.SetCgroups(dp, rec.ID, []string{p.CgroupDir})
+		})
+		if err != nil {
+			return fmt.Errorf("register %s: %w", p.Name, err)
 		}
 	}
 	return nil
@@ -252,7 +290,11 @@ func (bn *bench) vethPackets() (uint64, error) {
 		if err != nil {
 			return 0, fmt.Errorf("veth packets of %s: %w", p.Name, err)
 		}
-		total += rx + tx
+		// What the bridge handed the pods: Patu's paths hand it over
+		// past the veths. (What the pods send enters the node by their
+		// veths on every path.)
+		_ = rx
+		total += tx
 	}
 	return total, nil
 }
@@ -277,8 +319,9 @@ func (bn *bench) measureInto(ctx context.Context, s *sample, c cell, p path) (er
 	}
 	var dp *bpf.Datapath
 	var c0 bpf.Counters
-	if p == pathPatu {
-		if dp, err = bn.loadPatu(); err != nil {
+	var l0 bpf.LocalCounters
+	if p.patu() {
+		if dp, err = bn.loadPatu(p == pathSocket); err != nil {
 			return err
 		}
 		defer func() {
@@ -293,6 +336,9 @@ func (bn *bench) measureInto(ctx context.Context, s *sample, c cell, p path) (er
 		if c0, err = dp.Counters(); err != nil {
 			return fmt.Errorf("read counters: %w", err)
 		}
+		if l0, err = dp.LocalCounters(); err != nil {
+			return fmt.Errorf("read counters: %w", err)
+		}
 	}
 	v0, err := bn.vethPackets()
 	if err != nil {
@@ -303,6 +349,8 @@ func (bn *bench) measureInto(ctx context.Context, s *sample, c cell, p path) (er
 		err = bn.runRR(ctx, s, c, client, srv, ip)
 	case kindBulk:
 		err = bn.runBulk(ctx, s, c, client, srv, ip)
+	case kindVerify:
+		err = bn.runVerify(ctx, s, c, client, srv, ip)
 	}
 	v1, verr := bn.vethPackets()
 	if verr != nil && err == nil {
@@ -311,10 +359,11 @@ func (bn *bench) measureInto(ctx context.Context, s *sample, c cell, p path) (er
 	s.Veth = v1 - v0
 	if dp != nil {
 		c1, cerr := dp.Counters()
-		if cerr != nil && err == nil {
+		l1, lerr := dp.LocalCounters()
+		if cerr = errors.Join(cerr, lerr); cerr != nil && err == nil {
 			err = fmt.Errorf("read counters: %w", cerr)
 		}
-		s.Patu = diffCounters(c0, c1)
+		s.Patu = diffCounters(c0, c1, l0, l1)
 	}
 	return err
 }
@@ -461,6 +510,65 @@ func (bn *bench) cpuSnap() (cpuSnap, error) {
 // setCPU fills the CPU fields of s from the snapshots around its window.
 func (s *sample) setCPU(start, end cpuSnap) {
 	s.CPUSec = end.sys.busySecondsSince(start.sys)
+	s.KernelCPUSec = end.sys.kernelSecondsSince(start.sys)
 	s.PodsCPUSec = float64(end.pods-start.pods) / 1e6
 	s.WindowSec = end.at.Sub(start.at).Seconds()
+}
+
+// verifyResult is what a verify cell's stream did.
+type verifyResult struct {
+	Bytes      int64   `json:"bytes"`
+	DurationNS int64   `json:"duration_ns"`
+	Gbps       float64 `json:"gbps"`
+}
+
+// runVerify streams c.Size bytes from client to a patu-testpeer sink in
+// srv that verifies every byte, capped at c.Rate MB/s when set. The
+// writer writes 64 KiB chunks without pause.
+func (bn *bench) runVerify(ctx context.Context, s *sample, c cell, client, srv *testnet.Pod, ip netip.Addr) error {
+	if bn.peerBin == "" {
+		return errors.New("patu-testpeer was not built")
+	}
+	port := bn.nextPort()
+	timeout := 2 * time.Minute
+	args := []string{"serve", "--listen", netip.AddrPortFrom(ip, uint16(port)).String(), "--mode", "sink", "--conns", "1"}
+	if c.Rate > 0 {
+		args = append(args, "--read-rate", fmt.Sprint(c.Rate))
+	}
+	sv, err := startServer(ctx, srv, timeout+10*time.Second, port, bn.peerBin, args...)
+	if err != nil {
+		return err
+	}
+	defer sv.stop()
+	cpuStart, err := bn.cpuSnap()
+	if err != nil {
+		return err
+	}
+	out, err := runClient(ctx, client, timeout, nil, bn.peerBin, "client", "--connect",
+		netip.AddrPortFrom(ip, uint16(port)).String(), "--mode", "stream", "--bytes", fmt.Sprint(c.Size), "--seed", "1")
+	cpuEnd, cerr := bn.cpuSnap()
+	if err == nil {
+		err = cerr
+	}
+	if err != nil {
+		s.Output = tail(out, 4000)
+		return err
+	}
+	res, err := peerresult.Parse([]byte(out))
+	if err != nil {
+		s.Output = tail(out, 4000)
+		return err
+	}
+	if res.Failed != 0 || res.OK != 1 || res.Bytes != int64(c.Size) {
+		s.Output = tail(out, 4000)
+		return fmt.Errorf("stream not intact: %d bytes, %d failed: %v", res.Bytes, res.Failed, res.Errors)
+	}
+	secs := time.Duration(res.DurationNS).Seconds()
+	s.Verify = &verifyResult{Bytes: res.Bytes, DurationNS: res.DurationNS, Gbps: float64(res.Bytes) * 8 / secs / 1e9}
+	s.Window = "patu-testpeer client process"
+	s.setCPU(cpuStart, cpuEnd)
+	gb := float64(res.Bytes) / 1e9
+	s.CPUPerGB, s.KernelCPUPerGB = s.CPUSec/gb, s.KernelCPUSec/gb
+	s.PodsCPUPerGB = s.PodsCPUSec / gb
+	return nil
 }

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/patu-dev/patu/internal/gotool"
 )
 
 type config struct {
@@ -136,6 +138,15 @@ func comparison(ctx context.Context, log *slog.Logger, cfg config) (report, erro
 	}
 
 	bn := &bench{log: log, duration: cfg.duration, pinDir: cfg.pinDir, keepOutput: cfg.keep}
+	peerDir, err := os.MkdirTemp("", "patu-bench-peer-")
+	if err != nil {
+		return report{}, err
+	}
+	defer os.RemoveAll(peerDir)
+	bn.peerBin = filepath.Join(peerDir, "patu-testpeer")
+	if out, err := exec.CommandContext(ctx, gotool.Path(), "build", "-o", bn.peerBin, "github.com/patu-dev/patu/test/peer").CombinedOutput(); err != nil {
+		return report{}, fmt.Errorf("build patu-testpeer: %w: %s", err, tail(string(out), 1000))
+	}
 	// Teardown runs on every way out, Ctrl-C included: the signal cancels
 	// ctx, which kills the tools, and we come back here.
 	defer func() {
@@ -172,6 +183,13 @@ func cells(cfg config) []cell {
 		for _, sz := range bulkSizes {
 			out = append(out, cell{Kind: kindBulk, Size: sz, CPU: -1})
 		}
+		// Bulk with a reader that does work on the bytes: it verifies
+		// each, as fast as it can or capped, as most readers are.
+		verify, capped := 1<<30, 512<<20
+		if cfg.quick {
+			verify, capped = 256<<20, 128<<20
+		}
+		out = append(out, cell{Kind: kindVerify, Size: verify, CPU: -1}, cell{Kind: kindVerify, Size: capped, CPU: -1, Rate: 300})
 	}
 	return out
 }
@@ -280,13 +298,16 @@ func logSample(log *slog.Logger, n, total int, s sample) {
 func proofWarnings(samples []sample) []string {
 	var out []string
 	for _, s := range samples {
-		if s.Path != pathPatu || !s.ok() || s.Patu == nil {
+		if s.Path == pathPatu && s.ok() && s.Patu != nil && s.Patu.Admitted == 0 {
+			out = append(out, fmt.Sprintf("run %d %s on patu: no connection admitted to the packet path", s.Round, s.Cell))
+		}
+		if s.Path != pathSocket || !s.ok() || s.Patu == nil {
 			continue
 		}
 		if s.Patu.RedirectMsgs == 0 {
-			out = append(out, fmt.Sprintf("run %d %s on patu: nothing was redirected", s.Round, s.Cell))
+			out = append(out, fmt.Sprintf("run %d %s on socket: nothing was redirected", s.Round, s.Cell))
 		} else if s.Patu.FallbackMsgs*10 > s.Patu.RedirectMsgs {
-			out = append(out, fmt.Sprintf("run %d %s on patu: %d of %d messages went over TCP (%v)", s.Round, s.Cell,
+			out = append(out, fmt.Sprintf("run %d %s on socket: %d of %d messages went over TCP (%v)", s.Round, s.Cell,
 				s.Patu.FallbackMsgs, s.Patu.FallbackMsgs+s.Patu.RedirectMsgs, nonZero(s.Patu.Fallback)))
 		}
 		if s.Patu.LeftInMap > 0 {

@@ -91,6 +91,12 @@ const userHZ = 100
 // user + nice + system + irq + softirq (steal and idle excluded).
 func (c cpuTimes) busy() uint64 { return c.User + c.Nice + c.System + c.IRQ + c.SoftIRQ }
 
+// kernelSecondsSince is the CPU time spent in the kernel (system + irq +
+// softirq), in seconds over all CPUs, since an earlier sample.
+func (c cpuTimes) kernelSecondsSince(earlier cpuTimes) float64 {
+	return float64((c.System+c.IRQ+c.SoftIRQ)-(earlier.System+earlier.IRQ+earlier.SoftIRQ)) / userHZ
+}
+
 // busySecondsSince is the busy CPU time, in seconds over all CPUs, since an
 // earlier sample.
 func (c cpuTimes) busySecondsSince(earlier cpuTimes) float64 {

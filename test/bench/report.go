@@ -50,6 +50,8 @@ type metric struct {
 	Paths  map[path]summary `json:"paths"`
 	Ratio  *float64         `json:"patu_bridge_ratio,omitempty"` // of medians
 	Paired []float64        `json:"paired_ratios,omitempty"`     // patu÷bridge within each round
+	// SocketRatio is socket÷bridge: the opt-in socket path.
+	SocketRatio *float64 `json:"socket_bridge_ratio,omitempty"`
 	Target *target          `json:"target,omitempty"`
 	Met    *bool            `json:"met,omitempty"` // nil when a path failed
 	dec    int
@@ -83,6 +85,17 @@ func defineMetrics(cells []cell) []metricDef {
 						cell: c, decimals: 2,
 						value: ifRR(func(s sample) float64 { return s.PodsCPUPer1kTx * 1000 })})
 			}
+		case kindVerify:
+			id := fmt.Sprintf("verify_%d_%d", c.Size, c.Rate)
+			defs = append(defs,
+				metricDef{id: id + "_gbps", label: "Throughput " + where, unit: "Gbit/s", cell: c, decimals: 2,
+					value: ifVerify(func(s sample) float64 { return s.Verify.Gbps })},
+				metricDef{id: id + "_kernel_cpu_per_gb", label: "Kernel CPU per GB " + where, unit: "CPU-s", cell: c, decimals: 3,
+					target: &target{"<=", 0.6},
+					value:  ifVerify(func(s sample) float64 { return s.KernelCPUPerGB })},
+				metricDef{id: id + "_cpu_per_gb", label: "  CPU per GB, user too", unit: "CPU-s", cell: c, decimals: 3,
+					value: ifVerify(func(s sample) float64 { return s.CPUPerGB })},
+			)
 		case kindBulk:
 			id := fmt.Sprintf("bulk_%d", c.Size)
 			defs = append(defs,
@@ -117,11 +130,13 @@ func proofMetrics(cells []cell) []metricDef {
 					}
 					return (s.CPUSec - s.PodsCPUSec) / s.WindowSec, true
 				}},
-			metricDef{id: id + "_redirect_msgs", label: c.String(), unit: "redirected msgs", cell: c, paths: []path{pathPatu},
+			metricDef{id: id + "_local_bytes", label: c.String(), unit: "packet path bytes", cell: c, paths: []path{pathPatu, pathSocket},
+				value: ifPatu(func(s sample) float64 { return float64(s.Patu.LocalBytes) })},
+			metricDef{id: id + "_redirect_msgs", label: c.String(), unit: "redirected msgs", cell: c, paths: []path{pathPatu, pathSocket},
 				value: ifPatu(func(s sample) float64 { return float64(s.Patu.RedirectMsgs) })},
-			metricDef{id: id + "_redirect_bytes", label: c.String(), unit: "redirected bytes", cell: c, paths: []path{pathPatu},
+			metricDef{id: id + "_redirect_bytes", label: c.String(), unit: "redirected bytes", cell: c, paths: []path{pathPatu, pathSocket},
 				value: ifPatu(func(s sample) float64 { return float64(s.Patu.RedirectBytes) })},
-			metricDef{id: id + "_fallback_msgs", label: c.String(), unit: "msgs over TCP", cell: c, paths: []path{pathPatu},
+			metricDef{id: id + "_fallback_msgs", label: c.String(), unit: "msgs over TCP", cell: c, paths: []path{pathPatu, pathSocket},
 				value: ifPatu(func(s sample) float64 { return float64(s.Patu.FallbackMsgs) })},
 		)
 	}
@@ -148,6 +163,15 @@ func ifBulk(f func(sample) float64) func(sample) (float64, bool) {
 	}
 }
 
+func ifVerify(f func(sample) float64) func(sample) (float64, bool) {
+	return func(s sample) (float64, bool) {
+		if s.Verify == nil {
+			return 0, false
+		}
+		return f(s), true
+	}
+}
+
 func ifPatu(f func(sample) float64) func(sample) (float64, bool) {
 	return func(s sample) (float64, bool) {
 		if s.Patu == nil {
@@ -158,6 +182,12 @@ func ifPatu(f func(sample) float64) func(sample) (float64, bool) {
 }
 
 func placementLabel(c cell) string {
+	if c.Kind == kindVerify {
+		if c.Rate > 0 {
+			return fmt.Sprintf("verifying reader capped at %d MB/s", c.Rate)
+		}
+		return "verifying reader"
+	}
 	if c.Kind != kindRR {
 		return "1 stream"
 	}
@@ -212,6 +242,10 @@ func evaluate(d metricDef, samples []sample) metric {
 			met := d.target.met(r)
 			m.Met = &met
 		}
+	}
+	if so := m.Paths[pathSocket]; b.ok() && so.ok() && b.Median != 0 {
+		r := so.Median / b.Median
+		m.SocketRatio = &r
 	}
 	return m
 }
@@ -282,18 +316,23 @@ func targetText(m metric) string {
 // writeTable prints the comparison and the redirect proof.
 func writeTable(w io.Writer, rep report) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "metric\tunit\tbridge\tpatu\tloopback\tpatu÷bridge\ttarget")
+	fmt.Fprintln(tw, "metric\tunit\tbridge\tpatu\tsocket\tloopback\tpatu÷bridge\tsocket÷bridge\ttarget (patu)")
 	for _, m := range rep.Metrics {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Label, m.Unit,
-			cellText(m.Paths[pathBridge], m.dec), cellText(m.Paths[pathPatu], m.dec),
-			cellText(m.Paths[pathLoopback], m.dec), ratioText(m), targetText(m))
+		sr := "n/a"
+		if m.SocketRatio != nil {
+			sr = fmt.Sprintf("%.2f", *m.SocketRatio)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Label, m.Unit,
+			cellText(m.Paths[pathBridge], m.dec), cellText(m.Paths[pathPatu], m.dec), cellText(m.Paths[pathSocket], m.dec),
+			cellText(m.Paths[pathLoopback], m.dec), ratioText(m), sr, targetText(m))
 	}
 	tw.Flush()
-	fmt.Fprintln(w, "medians over runs (min–max); patu÷bridge is the ratio of medians [min–max of the per-round ratios]")
+	fmt.Fprintln(w, "medians over runs (min–max); patu÷bridge is the ratio of medians [min–max of the per-round ratios].")
+	fmt.Fprintln(w, "patu is Patu's default, the packet path; socket is the opt-in socket path (both pods annotated).")
 
-	fmt.Fprintln(w, "\nredirect proof (medians per run; veth = packets on both pods' host veths):")
+	fmt.Fprintln(w, "\nredirect proof (medians per run; bridge pkts = packets the bridge handed the pods by their veths):")
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "cell\tbridge veth\tpatu veth\tloopback veth\tpatu redirected msgs\tpatu redirected\tpatu msgs over TCP\tCPUs busy outside pods b/p/l")
+	fmt.Fprintln(tw, "cell\tbridge pkts b/p/s/l\tpatu: packet path\tsocket: packet path\tsocket: redirected\tsocket: msgs over TCP\tCPUs busy outside pods b/p/s/l")
 	byCell := map[string]map[string]metric{}
 	var order []string
 	for _, m := range rep.Proof {
@@ -307,12 +346,13 @@ func writeTable(w io.Writer, rep report) {
 		ms := byCell[c]
 		v := ms["veth pkts"]
 		o := ms["CPUs busy outside the pods"]
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s/%s/%s\n", c,
-			medianText(v.Paths[pathBridge], 0), medianText(v.Paths[pathPatu], 0), medianText(v.Paths[pathLoopback], 0),
-			medianText(ms["redirected msgs"].Paths[pathPatu], 0),
-			bytesText(ms["redirected bytes"].Paths[pathPatu]),
-			medianText(ms["msgs over TCP"].Paths[pathPatu], 0),
-			medianText(o.Paths[pathBridge], 2), medianText(o.Paths[pathPatu], 2), medianText(o.Paths[pathLoopback], 2))
+		fmt.Fprintf(tw, "%s\t%s/%s/%s/%s\t%s\t%s\t%s\t%s\t%s/%s/%s/%s\n", c,
+			medianText(v.Paths[pathBridge], 0), medianText(v.Paths[pathPatu], 0), medianText(v.Paths[pathSocket], 0), medianText(v.Paths[pathLoopback], 0),
+			bytesText(ms["packet path bytes"].Paths[pathPatu]),
+			bytesText(ms["packet path bytes"].Paths[pathSocket]),
+			bytesText(ms["redirected bytes"].Paths[pathSocket]),
+			medianText(ms["msgs over TCP"].Paths[pathSocket], 0),
+			medianText(o.Paths[pathBridge], 2), medianText(o.Paths[pathPatu], 2), medianText(o.Paths[pathSocket], 2), medianText(o.Paths[pathLoopback], 2))
 	}
 	tw.Flush()
 	fmt.Fprintln(w, "bridge and loopback runs have Patu unloaded: nothing can be redirected there. CPUs busy outside the pods:")

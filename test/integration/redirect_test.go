@@ -2,6 +2,7 @@ package integration
 
 import (
 	"fmt"
+	"os"
 	"testing"
 	"time"
 
@@ -413,6 +414,15 @@ func TestLifecycleDuringStream(t *testing.T) {
 			}
 			if m == packetPath && l1.Admitted == l0.Admitted {
 				t.Errorf("new connection not admitted after load again")
+			}
+			// Every connection closed: nothing is left to drain, and no
+			// program of the first load holds on.
+			time.Sleep(100 * time.Millisecond)
+			if res, err := bpf.Unload(pin); err != nil || res.LiveFlows != 0 || res.LiveSockets != 0 {
+				t.Errorf("unload after every connection closed: %+v, %v", res, err)
+			}
+			if _, err := os.Stat(pin); err == nil {
+				t.Errorf("%s left after the last unload", pin)
 			}
 		})
 	}

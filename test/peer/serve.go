@@ -26,6 +26,7 @@ type serveConfig struct {
 	rst       bool
 	slow      bool
 	mptcp     bool
+	readRate  float64 // sink: MB/s, 0 for no cap
 }
 
 var serveModes = map[string]func(*serveConfig, *net.TCPConn, time.Time) (int64, error){
@@ -48,6 +49,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	fs.Int64Var(&cfg.readFirst, "read-first", -1, "stall, close-early: payload bytes read before stalling or closing (default 0 for stall, 1024 for close-early)")
 	fs.BoolVar(&cfg.rst, "rst", false, "close-early: close with SO_LINGER 0 (RST)")
 	fs.BoolVar(&cfg.slow, "slow", false, "echo: read in small random pieces with short random pauses")
+	fs.Float64Var(&cfg.readRate, "read-rate", 0, "sink: read no faster than this many MB/s on average, as a reader that does work on the bytes (0: as fast as it verifies)")
 	fs.BoolVar(&cfg.mptcp, "mptcp", false, "listen with MPTCP (falls back to TCP where unavailable)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -201,11 +203,19 @@ func (cfg *serveConfig) sink(c *net.TCPConn, acceptedAt time.Time) (int64, error
 		}
 		time.Sleep(time.Until(acceptedAt.Add(cfg.stall)))
 	}
+	start := time.Now()
 	for {
 		n, err := c.Read(buf)
 		if n > 0 {
 			if _, werr := v.Write(buf[:n]); werr != nil {
 				return fail(ackMismatch, werr)
+			}
+			if cfg.readRate > 0 {
+				// Sleep off what is ahead of the rate.
+				due := time.Duration(float64(v.Offset()) / (cfg.readRate * 1e6) * float64(time.Second))
+				if d := due - time.Since(start); d > 0 {
+					time.Sleep(d)
+				}
 			}
 		}
 		if errors.Is(err, io.EOF) {
