@@ -52,10 +52,10 @@ type metric struct {
 	Paired []float64        `json:"paired_ratios,omitempty"`     // patu÷bridge within each round
 	// SocketRatio is socket÷bridge: the opt-in socket path.
 	SocketRatio *float64 `json:"socket_bridge_ratio,omitempty"`
-	Target *target          `json:"target,omitempty"`
-	Met    *bool            `json:"met,omitempty"` // nil when a path failed
-	dec    int
-	failed map[path][]string
+	Target      *target  `json:"target,omitempty"`
+	Met         *bool    `json:"met,omitempty"` // nil when a path failed
+	dec         int
+	failed      map[path][]string
 }
 
 func defineMetrics(cells []cell) []metricDef {
