@@ -7,6 +7,7 @@ pkgs=(
 	clang llvm libbpf-dev linux-libc-dev # go generate: eBPF C -> bpf2go
 	iproute2 ethtool                     # test topologies
 	iptables                             # the XDP benchmark's realistic node path (internal/nodepath)
+	conntrack                            # tests: what the packet path leaves in conntrack
 	sockperf iperf3                      # benchmarks
 )
 
