@@ -48,6 +48,12 @@ type Options struct {
 	// closed flow stays on the local path, and its conntrack entry, after
 	// RST or the second FIN (default 10 s).
 	ConntrackRefresh, CloseGrace time.Duration
+	// BigTCP is the GSO size registration sets on each pod's interface
+	// (BIG TCP: fewer, larger packets between pods), 0 to leave pods
+	// alone, -1 to keep what an earlier load set. Opt-in: a pod's larger
+	// packets to other nodes are cut in software where the uplink cannot
+	// send them as they are.
+	BigTCP int
 	// TestLatePeer hides each accepted socket from senders for a random
 	// time up to this long, as if its establishment lost the race with
 	// the first send. Fault injection for tests only.

@@ -149,6 +149,8 @@ type LocalCounters struct {
 	// peer pods (bytes as seen on the veth, headers included).
 	RedirectPackets uint64 `json:"redirect_packets"`
 	RedirectBytes   uint64 `json:"redirect_bytes"`
+	// RedirectBig counts packets over 64 KiB among them: BIG TCP at work.
+	RedirectBig uint64 `json:"redirect_big"`
 	// ClosedFIN and ClosedRST count connections that ended; Expired the
 	// closed directions the program removed after their grace.
 	ClosedFIN uint64 `json:"closed_fin"`
@@ -187,6 +189,7 @@ func (d *Datapath) LocalCounters() (LocalCounters, error) {
 		OptedOut:         raw[xdpLocalCounterLC_SKIP_OPT_OUT],
 		RedirectPackets:  raw[xdpLocalCounterLC_REDIRECT_PKTS],
 		RedirectBytes:    raw[xdpLocalCounterLC_REDIRECT_BYTES],
+		RedirectBig:      raw[xdpLocalCounterLC_REDIRECT_BIG],
 		ClosedFIN:        raw[xdpLocalCounterLC_CLOSE_FIN],
 		ClosedRST:        raw[xdpLocalCounterLC_CLOSE_RST],
 		Expired:          raw[xdpLocalCounterLC_EXPIRED],
@@ -352,4 +355,18 @@ func (d *Datapath) CarriedBytes() (uint64, error) {
 		return 0, err
 	}
 	return c.RedirectBytes + l.RedirectBytes, nil
+}
+
+// BigTCP returns the GSO size registration sets on pods' interfaces, 0 for
+// none (patu load --big-tcp).
+func (d *Datapath) BigTCP() (uint32, error) {
+	x, err := d.xdpMaps()
+	if err != nil {
+		return 0, err
+	}
+	var v xdpSettings
+	if err := x.settings.Lookup(uint32(0), &v); err != nil {
+		return 0, fmt.Errorf("read settings: %w", err)
+	}
+	return v.BigTcp, nil
 }

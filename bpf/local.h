@@ -80,6 +80,7 @@ enum local_counter {
 	LC_CT_REFRESH,       /* conntrack entries kept alive */
 	LC_CT_CLOSE,         /* conntrack entries given the closing grace */
 	LC_CT_MISSING,       /* conntrack had no entry for an admitted flow */
+	LC_REDIRECT_BIG,     /* packets over 64 KiB carried (BIG TCP) */
 	LC_MAX,
 };
 
@@ -91,6 +92,23 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } patu_local_flows SEC(".maps");
+
+/* Settings the registering programs (CNI plugin, daemon, hooks) read:
+ * index 0 only. */
+struct settings {
+	/* GSO size set on each registered pod's interface, 0 to leave it:
+	 * BIG TCP, opt-in (patu load --big-tcp). */
+	__u32 big_tcp;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct settings);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} patu_settings SEC(".maps");
 
 /* LRU: a handshake that never completes ages out; losing a pending entry
  * only leaves its connection on the normal path. */
@@ -292,6 +310,8 @@ static __always_inline int local_tcp(struct __sk_buff *skb, struct local_key *k,
 		}
 		lcount(LC_REDIRECT_PKTS, 1);
 		lcount(LC_REDIRECT_BYTES, len);
+		if (len > 65536)
+			lcount(LC_REDIRECT_BIG, 1);
 		return bpf_redirect_peer(f->to, 0);
 	}
 
@@ -381,22 +401,34 @@ static __always_inline int local6(struct __sk_buff *skb)
 	void *data_end = (void *)(long)skb->data_end;
 	struct ipv6hdr *ip6 = data + ETH_HLEN;
 	struct local_key k = {};
-	__u8 *tcp;
+	__u32 off = ETH_HLEN + sizeof(*ip6);
+	__u8 *tcp, nexthdr;
 
-	/* TCP right after the fixed header; extension headers take the
-	 * normal path. */
-	if ((void *)(ip6 + 1) + 14 > data_end) {
-		if (bpf_skb_pull_data(skb, ETH_HLEN + sizeof(*ip6) + 14))
-			return TC_NEXT;
-		data = (void *)(long)skb->data;
-		data_end = (void *)(long)skb->data_end;
-		ip6 = data + ETH_HLEN;
-		if ((void *)(ip6 + 1) + 14 > data_end)
-			return TC_NEXT;
-	}
-	if (ip6->nexthdr != IPPROTO_TCP)
+	/* TCP right after the fixed header, or after one hop-by-hop header:
+	 * BIG TCP puts its jumbo payload length there. Every packet of an
+	 * admitted flow must be seen here; other extension headers on TCP
+	 * are not sent by Linux. */
+	if (bpf_skb_pull_data(skb, off + 8 + 14) && bpf_skb_pull_data(skb, off + 14))
 		return TC_NEXT;
-	tcp = (__u8 *)(ip6 + 1);
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	ip6 = data + ETH_HLEN;
+	if ((void *)(ip6 + 1) > data_end)
+		return TC_NEXT;
+	nexthdr = ip6->nexthdr;
+	if (nexthdr == IPPROTO_HOPOPTS) {
+		__u8 *hbh = data + off;
+
+		if ((void *)(hbh + 2) > data_end)
+			return TC_NEXT;
+		nexthdr = hbh[0];
+		off += ((__u32)hbh[1] + 1) * 8;
+	}
+	if (nexthdr != IPPROTO_TCP || off > 512)
+		return TC_NEXT;
+	tcp = data + off;
+	if ((void *)(tcp + 14) > data_end)
+		return TC_NEXT;
 	__builtin_memcpy(k.src, &ip6->saddr, 16);
 	__builtin_memcpy(k.dst, &ip6->daddr, 16);
 	k.sport = *(__u16 *)tcp;

@@ -35,11 +35,12 @@ const (
 type xdpState struct {
 	routes, hostports, flows, ports, uplinks, counters *ebpf.Map
 	localFlows, localPending, localCounters            *ebpf.Map
+	settings                                           *ebpf.Map
 }
 
 func (x *xdpState) all() []**ebpf.Map {
 	return []**ebpf.Map{&x.routes, &x.hostports, &x.flows, &x.ports, &x.uplinks, &x.counters,
-		&x.localFlows, &x.localPending, &x.localCounters}
+		&x.localFlows, &x.localPending, &x.localCounters, &x.settings}
 }
 
 func (x *xdpState) close() {
@@ -100,6 +101,12 @@ func (d *Datapath) loadXDP(opts Options) error {
 		localFlows:    objs.PatuLocalFlows,
 		localPending:  objs.PatuLocalPending,
 		localCounters: objs.PatuLocalCounters,
+		settings:      objs.PatuSettings,
+	}
+	if opts.BigTCP >= 0 {
+		if err := d.xdp.settings.Put(uint32(0), xdpSettings{BigTcp: uint32(opts.BigTCP)}); err != nil {
+			return fmt.Errorf("store settings: %w", err)
+		}
 	}
 	if err := replacePin(objs.PatuXdpUplink, filepath.Join(d.pinDir, pinXDPProgUplink)); err != nil {
 		return err
@@ -175,6 +182,7 @@ func (d *Datapath) openXDP() error {
 		"patu_local_flows":    &x.localFlows,
 		"patu_local_pending":  &x.localPending,
 		"patu_local_counters": &x.localCounters,
+		"patu_settings":       &x.settings,
 	} {
 		pm, err := ebpf.LoadPinnedMap(filepath.Join(d.pinDir, name), nil)
 		if errors.Is(err, fs.ErrNotExist) {

@@ -69,7 +69,8 @@ const (
 	xdpLocalCounterLC_CT_REFRESH     xdpLocalCounter = 10
 	xdpLocalCounterLC_CT_CLOSE       xdpLocalCounter = 11
 	xdpLocalCounterLC_CT_MISSING     xdpLocalCounter = 12
-	xdpLocalCounterLC_MAX            xdpLocalCounter = 13
+	xdpLocalCounterLC_REDIRECT_BIG   xdpLocalCounter = 13
+	xdpLocalCounterLC_MAX            xdpLocalCounter = 14
 )
 
 type xdpLocalFlow struct {
@@ -136,6 +137,12 @@ type xdpRouteKey struct {
 	Ip [4]uint32
 }
 
+type xdpSettings struct {
+	_      structs.HostLayout
+	BigTcp uint32
+	Pad    uint32
+}
+
 type xdpUplink struct {
 	_    structs.HostLayout
 	Mode uint32
@@ -187,6 +194,7 @@ const (
 	xdpMapPatuLocalCounters  = "patu_local_counters"
 	xdpMapPatuLocalFlows     = "patu_local_flows"
 	xdpMapPatuLocalPending   = "patu_local_pending"
+	xdpMapPatuSettings       = "patu_settings"
 	xdpMapPatuXdpCounters    = "patu_xdp_counters"
 	xdpMapPatuXdpFlows       = "patu_xdp_flows"
 	xdpMapPatuXdpHostports   = "patu_xdp_hostports"
@@ -203,6 +211,7 @@ const (
 	xdpVarUnusedLocalState   = "unused_local_state"
 	xdpVarUnusedPortKind     = "unused_port_kind"
 	xdpVarUnusedRouteFlags   = "unused_route_flags"
+	xdpVarUnusedSettings     = "unused_settings"
 	xdpVarUnusedUplinkMode   = "unused_uplink_mode"
 	xdpVarUnusedXdpCounter   = "unused_xdp_counter"
 )
@@ -260,6 +269,7 @@ type xdpMapSpecs struct {
 	PatuLocalCounters *ebpf.MapSpec `ebpf:"patu_local_counters"`
 	PatuLocalFlows    *ebpf.MapSpec `ebpf:"patu_local_flows"`
 	PatuLocalPending  *ebpf.MapSpec `ebpf:"patu_local_pending"`
+	PatuSettings      *ebpf.MapSpec `ebpf:"patu_settings"`
 	PatuXdpCounters   *ebpf.MapSpec `ebpf:"patu_xdp_counters"`
 	PatuXdpFlows      *ebpf.MapSpec `ebpf:"patu_xdp_flows"`
 	PatuXdpHostports  *ebpf.MapSpec `ebpf:"patu_xdp_hostports"`
@@ -280,6 +290,7 @@ type xdpVariableSpecs struct {
 	UnusedLocalState   *ebpf.VariableSpec `ebpf:"unused_local_state"`
 	UnusedPortKind     *ebpf.VariableSpec `ebpf:"unused_port_kind"`
 	UnusedRouteFlags   *ebpf.VariableSpec `ebpf:"unused_route_flags"`
+	UnusedSettings     *ebpf.VariableSpec `ebpf:"unused_settings"`
 	UnusedUplinkMode   *ebpf.VariableSpec `ebpf:"unused_uplink_mode"`
 	UnusedXdpCounter   *ebpf.VariableSpec `ebpf:"unused_xdp_counter"`
 }
@@ -307,6 +318,7 @@ type xdpMaps struct {
 	PatuLocalCounters *ebpf.Map `ebpf:"patu_local_counters"`
 	PatuLocalFlows    *ebpf.Map `ebpf:"patu_local_flows"`
 	PatuLocalPending  *ebpf.Map `ebpf:"patu_local_pending"`
+	PatuSettings      *ebpf.Map `ebpf:"patu_settings"`
 	PatuXdpCounters   *ebpf.Map `ebpf:"patu_xdp_counters"`
 	PatuXdpFlows      *ebpf.Map `ebpf:"patu_xdp_flows"`
 	PatuXdpHostports  *ebpf.Map `ebpf:"patu_xdp_hostports"`
@@ -320,6 +332,7 @@ func (m *xdpMaps) Close() error {
 		m.PatuLocalCounters,
 		m.PatuLocalFlows,
 		m.PatuLocalPending,
+		m.PatuSettings,
 		m.PatuXdpCounters,
 		m.PatuXdpFlows,
 		m.PatuXdpHostports,
@@ -341,6 +354,7 @@ type xdpVariables struct {
 	UnusedLocalState   *ebpf.Variable `ebpf:"unused_local_state"`
 	UnusedPortKind     *ebpf.Variable `ebpf:"unused_port_kind"`
 	UnusedRouteFlags   *ebpf.Variable `ebpf:"unused_route_flags"`
+	UnusedSettings     *ebpf.Variable `ebpf:"unused_settings"`
 	UnusedUplinkMode   *ebpf.Variable `ebpf:"unused_uplink_mode"`
 	UnusedXdpCounter   *ebpf.Variable `ebpf:"unused_xdp_counter"`
 }

@@ -10,6 +10,8 @@ import (
 
 	"github.com/patu-dev/patu/bpf"
 	"github.com/patu-dev/patu/cgroup"
+	"github.com/patu-dev/patu/netns"
+	"github.com/patu-dev/patu/veth"
 )
 
 // OptOutAnnotation set to "false" keeps a pod's connections with other
@@ -95,6 +97,9 @@ func Register(dp *bpf.Datapath, p bpf.Pod) (bpf.Pod, error) {
 	}
 	if p.HostIfindex != 0 {
 		if err := dp.AttachPod(p.HostIfindex); err != nil {
+			return p, fmt.Errorf("register pod %s: %w", p, err)
+		}
+		if err := setBigTCP(dp, p); err != nil {
 			return p, fmt.Errorf("register pod %s: %w", p, err)
 		}
 	}
@@ -304,4 +309,20 @@ func SetCgroups(dp *bpf.Datapath, id string, dirs []string) error {
 		return err
 	}
 	return errors.Join(errs...)
+}
+
+// setBigTCP gives the pod's interface the GSO size patu load set (BIG TCP),
+// when one is set: its TCP then builds packets that large, which the
+// packet path hands to the other pod whole.
+func setBigTCP(dp *bpf.Datapath, p bpf.Pod) error {
+	size, err := dp.BigTCP()
+	if err != nil || size == 0 || p.Netns == "" || len(p.IPs) == 0 {
+		return err
+	}
+	pair, err := veth.Find(p.Netns, p.IPs[0])
+	if err != nil {
+		return err
+	}
+	_, err = netns.SetGSOMaxSize(p.Netns, pair.PodName, size)
+	return err
 }

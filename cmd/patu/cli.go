@@ -24,7 +24,8 @@ import (
 const usage = `usage: patu [--bpffs DIR] COMMAND [ARGS]
 
 commands:
-  load [--bp-shift N] [--bp-floor BYTES]   load and pin Patu (idempotent; replaces programs in place)
+  load [--bp-shift N] [--bp-floor BYTES] [--big-tcp SIZE]
+                                           load and pin Patu (idempotent; replaces programs in place)
   unload                                   remove Patu; live connections keep working
   attach CGROUP_DIR                        attach sockops to a cgroup v2 directory (idempotent)
   detach CGROUP_DIR                        detach it (established sockets keep their path)
@@ -115,6 +116,7 @@ func cmdLoad(out io.Writer, pinDir string, args []string) error {
 	shift := fs.Uint("bp-shift", 0, "receiver queue mark: rcvbuf << N")
 	floor := fs.Uint("bp-floor", 0, "receiver queue mark floor in bytes")
 	latePeer := fs.Duration("test-late-peer", 0, "")
+	bigTCP := fs.Int("big-tcp", -1, "GSO size to set on each registered pod's interface (BIG TCP), 0 for none; default: keep")
 	if err := fs.Parse(args); err != nil {
 		return usagef("load: %v", err)
 	}
@@ -123,6 +125,7 @@ func cmdLoad(out io.Writer, pinDir string, args []string) error {
 		BackpressureShift: uint32(*shift),
 		BackpressureFloor: uint32(*floor),
 		TestLatePeer:      *latePeer,
+		BigTCP:            *bigTCP,
 	})
 	if err != nil {
 		return err
@@ -468,7 +471,7 @@ func writeLocal(out io.Writer, l LocalStatus) {
 	fmt.Fprintf(tw, "  connections admitted\t%d\t(of %d handshakes between pods; %d opted out, %d not admitted: table full)\n",
 		c.Admitted, c.SYNs, c.OptedOut, c.AdmitFull)
 	fmt.Fprintf(tw, "  directions open / closing\t%d / %d\n", l.Open, l.Closing)
-	fmt.Fprintf(tw, "  pod to pod\t%d packets\t%d bytes\n", c.RedirectPackets, c.RedirectBytes)
+	fmt.Fprintf(tw, "  pod to pod\t%d packets\t%d bytes\t(%d packets over 64 KiB: BIG TCP)\n", c.RedirectPackets, c.RedirectBytes, c.RedirectBig)
 	fmt.Fprintf(tw, "  closed\t%d FIN, %d RST\t(%d expired after the grace)\n", c.ClosedFIN, c.ClosedRST, c.Expired)
 	fmt.Fprintf(tw, "  conntrack\t%d kept alive, %d given the closing grace, %d without entry\n", c.ConntrackRefresh, c.ConntrackClose, c.ConntrackMissing)
 	if c.WrongVeth > 0 {

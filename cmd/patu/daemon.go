@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"time"
 
@@ -41,6 +42,10 @@ flags:
   --xdp-iface IF[,IF]       attach the XDP fast path to these uplinks: traffic from them to
                             pod addresses and hostPorts skips the bridge and netfilter (xdp -h)
   --xdp-mode native|generic XDP mode (default native, generic where the driver has none)
+  --big-tcp SIZE            GSO size for every registered pod's interface (BIG TCP, e.g. 196608):
+                            fewer, larger packets between pods; 0 for none (default: keep what
+                            patu load set). Pods' packets to other nodes are cut in software
+                            where the uplink cannot take them whole: only with a BIG TCP NIC
   --metrics-addr ADDR       serve Prometheus metrics on ADDR (e.g. 127.0.0.1:9465)
   --ready-file FILE         write FILE after the first successful reconcile
   --log-level LEVEL         debug, info, warn or error (default info)
@@ -59,6 +64,7 @@ func cmdDaemon(ctx context.Context, out io.Writer, pinDir string, args []string)
 	metricsAddr := fs.String("metrics-addr", "", "")
 	readyFile := fs.String("ready-file", "", "")
 	level := fs.String("log-level", "info", "")
+	bigTCP := fs.Int("big-tcp", -1, "")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintf(out, daemonUsage, strings.Join(runtime.Endpoints, ", "))
@@ -88,7 +94,7 @@ func cmdDaemon(ctx context.Context, out io.Writer, pinDir string, args []string)
 		debug.SetGCPercent(50)
 	}
 
-	dp, err := loadLean(ctx, pinDir)
+	dp, err := loadLean(ctx, pinDir, *bigTCP)
 	if err != nil {
 		return err
 	}
@@ -169,12 +175,12 @@ func cmdDaemon(ctx context.Context, out io.Writer, pinDir string, args []string)
 // opens the pinned maps. Loading parses the kernel's BTF and the ELF, which
 // would leave the long-lived daemon several MiB larger for good; the daemon
 // lives on nodes where every MiB counts.
-func loadLean(ctx context.Context, pinDir string) (*bpf.Datapath, error) {
+func loadLean(ctx context.Context, pinDir string, bigTCP int) (*bpf.Datapath, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("find own executable to run patu load: %w", err)
 	}
-	out, err := exec.CommandContext(ctx, self, "--bpffs", pinDir, "load").CombinedOutput()
+	out, err := exec.CommandContext(ctx, self, "--bpffs", pinDir, "load", "--big-tcp", strconv.Itoa(bigTCP)).CombinedOutput()
 	if err != nil {
 		return nil, fmt.Errorf("patu load: %w: %s", err, bytes.TrimSpace(out))
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/patu-dev/patu/internal/peerresult"
 	"github.com/patu-dev/patu/internal/sockperf"
 	"github.com/patu-dev/patu/internal/testnet"
+	"github.com/patu-dev/patu/netns"
 	"github.com/patu-dev/patu/pods"
 )
 
@@ -24,13 +25,17 @@ type path string
 const (
 	pathBridge   path = "bridge"   // pod A → veth → bridge → veth → pod B, Patu not loaded
 	pathPatu     path = "patu"     // the same pods registered with Patu: its default, the local packet path
+	pathBigTCP   path = "bigtcp"   // the packet path with BIG TCP on the pods' interfaces (opt-in)
 	pathSocket   path = "socket"   // the same, both pods opted in to the socket path
 	pathLoopback path = "loopback" // client and server in pod A over 127.0.0.1, Patu not loaded
 )
 
-var allPaths = []path{pathBridge, pathPatu, pathSocket, pathLoopback}
+var allPaths = []path{pathBridge, pathPatu, pathBigTCP, pathSocket, pathLoopback}
 
-func (p path) patu() bool { return p == pathPatu || p == pathSocket }
+func (p path) patu() bool { return p == pathPatu || p == pathBigTCP || p == pathSocket }
+
+// bigTCPSize is the GSO size of the bigtcp path, Cilium's default.
+const bigTCPSize = 196608
 
 // kind is the kind of measurement a cell makes.
 type kind string
@@ -231,8 +236,8 @@ func (bn *bench) teardown() error {
 
 // loadPatu loads Patu under the benchmark's pin dir and registers both
 // pods as its CNI plugin does; socket opts them in to the socket path.
-func (bn *bench) loadPatu(socket bool) (*bpf.Datapath, error) {
-	dp, err := bpf.Load(bpf.Options{PinDir: bn.pinDir})
+func (bn *bench) loadPatu(socket bool, bigTCP int) (*bpf.Datapath, error) {
+	dp, err := bpf.Load(bpf.Options{PinDir: bn.pinDir, BigTCP: bigTCP})
 	if err != nil {
 		return nil, fmt.Errorf("load patu: %w", err)
 	}
@@ -321,8 +326,22 @@ func (bn *bench) measureInto(ctx context.Context, s *sample, c cell, p path) (er
 	var c0 bpf.Counters
 	var l0 bpf.LocalCounters
 	if p.patu() {
-		if dp, err = bn.loadPatu(p == pathSocket); err != nil {
+		big := 0
+		if p == pathBigTCP {
+			big = bigTCPSize
+		}
+		if dp, err = bn.loadPatu(p == pathSocket, big); err != nil {
 			return err
+		}
+		if big != 0 {
+			// The other paths run with the pods' usual GSO size.
+			defer func() {
+				for _, pod := range []*testnet.Pod{bn.a, bn.b} {
+					if _, rerr := netns.SetGSOMaxSize(pod.NetnsPath, pod.PodVeth, 65536); rerr != nil && err == nil {
+						err = rerr
+					}
+				}
+			}()
 		}
 		defer func() {
 			left, uerr := bn.unloadPatu(dp)

@@ -79,7 +79,7 @@ func demo(ctx context.Context, w io.Writer, bn *bench) error {
 	} {
 		fmt.Fprintf(w, "   "+l+"\n", bn.pinDir, bn.a.IPv4, bn.b.IPv4, bn.a.Name, bn.b.Name, bn.a.HostVeth, bn.b.HostVeth)
 	}
-	dp, err := bn.loadPatu(false)
+	dp, err := bn.loadPatu(false, 0)
 	if err != nil {
 		return err
 	}

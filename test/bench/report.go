@@ -50,8 +50,10 @@ type metric struct {
 	Paths  map[path]summary `json:"paths"`
 	Ratio  *float64         `json:"patu_bridge_ratio,omitempty"` // of medians
 	Paired []float64        `json:"paired_ratios,omitempty"`     // patu÷bridge within each round
-	// SocketRatio is socket÷bridge: the opt-in socket path.
+	// SocketRatio is socket÷bridge (the opt-in socket path), BigTCPRatio
+	// bigtcp÷bridge (the packet path with BIG TCP).
 	SocketRatio *float64 `json:"socket_bridge_ratio,omitempty"`
+	BigTCPRatio *float64 `json:"bigtcp_bridge_ratio,omitempty"`
 	Target      *target  `json:"target,omitempty"`
 	Met         *bool    `json:"met,omitempty"` // nil when a path failed
 	dec         int
@@ -130,7 +132,7 @@ func proofMetrics(cells []cell) []metricDef {
 					}
 					return (s.CPUSec - s.PodsCPUSec) / s.WindowSec, true
 				}},
-			metricDef{id: id + "_local_bytes", label: c.String(), unit: "packet path bytes", cell: c, paths: []path{pathPatu, pathSocket},
+			metricDef{id: id + "_local_bytes", label: c.String(), unit: "packet path bytes", cell: c, paths: []path{pathPatu, pathBigTCP, pathSocket},
 				value: ifPatu(func(s sample) float64 { return float64(s.Patu.LocalBytes) })},
 			metricDef{id: id + "_redirect_msgs", label: c.String(), unit: "redirected msgs", cell: c, paths: []path{pathPatu, pathSocket},
 				value: ifPatu(func(s sample) float64 { return float64(s.Patu.RedirectMsgs) })},
@@ -247,6 +249,10 @@ func evaluate(d metricDef, samples []sample) metric {
 		r := so.Median / b.Median
 		m.SocketRatio = &r
 	}
+	if bt := m.Paths[pathBigTCP]; b.ok() && bt.ok() && b.Median != 0 {
+		r := bt.Median / b.Median
+		m.BigTCPRatio = &r
+	}
 	return m
 }
 
@@ -289,6 +295,13 @@ func cellText(s summary, dec int) string {
 	return t
 }
 
+func optRatio(r *float64) string {
+	if r == nil {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.2f", *r)
+}
+
 func ratioText(m metric) string {
 	if m.Ratio == nil {
 		return "n/a"
@@ -316,19 +329,17 @@ func targetText(m metric) string {
 // writeTable prints the comparison and the redirect proof.
 func writeTable(w io.Writer, rep report) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "metric\tunit\tbridge\tpatu\tsocket\tloopback\tpatu÷bridge\tsocket÷bridge\ttarget (patu)")
+	fmt.Fprintln(tw, "metric\tunit\tbridge\tpatu\tbigtcp\tsocket\tloopback\tpatu÷bridge\tbigtcp÷b\tsocket÷b\ttarget (patu)")
 	for _, m := range rep.Metrics {
-		sr := "n/a"
-		if m.SocketRatio != nil {
-			sr = fmt.Sprintf("%.2f", *m.SocketRatio)
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Label, m.Unit,
-			cellText(m.Paths[pathBridge], m.dec), cellText(m.Paths[pathPatu], m.dec), cellText(m.Paths[pathSocket], m.dec),
-			cellText(m.Paths[pathLoopback], m.dec), ratioText(m), sr, targetText(m))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Label, m.Unit,
+			cellText(m.Paths[pathBridge], m.dec), cellText(m.Paths[pathPatu], m.dec), cellText(m.Paths[pathBigTCP], m.dec),
+			cellText(m.Paths[pathSocket], m.dec), cellText(m.Paths[pathLoopback], m.dec), ratioText(m),
+			optRatio(m.BigTCPRatio), optRatio(m.SocketRatio), targetText(m))
 	}
 	tw.Flush()
 	fmt.Fprintln(w, "medians over runs (min–max); patu÷bridge is the ratio of medians [min–max of the per-round ratios].")
-	fmt.Fprintln(w, "patu is Patu's default, the packet path; socket is the opt-in socket path (both pods annotated).")
+	fmt.Fprintln(w, "patu is Patu's default, the packet path; bigtcp the same with BIG TCP (patu load --big-tcp 196608);")
+	fmt.Fprintln(w, "socket the opt-in socket path (both pods annotated).")
 
 	fmt.Fprintln(w, "\nredirect proof (medians per run; bridge pkts = packets the bridge handed the pods by their veths):")
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
