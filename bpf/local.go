@@ -30,6 +30,10 @@ type LocalFlow struct {
 	// peer pod's, into which they are redirected.
 	From uint32 `json:"from_ifindex"`
 	To   uint32 `json:"to_ifindex"`
+	// Translated is the address this direction's packets get: the server
+	// pod's for the client's direction of a Service connection (the
+	// destination), the dialed one for the server's (the source).
+	Translated netip.AddrPort `json:"translated,omitempty"`
 	// Closing is set after RST or FIN both ways; the flow stays until
 	// Expires (CLOCK_MONOTONIC).
 	Closing bool          `json:"closing,omitempty"`
@@ -38,14 +42,19 @@ type LocalFlow struct {
 }
 
 func localFlowOf(k xdpLocalKey, v xdpLocalFlow) LocalFlow {
+	var tr netip.AddrPort
+	if v.Nat != 0 {
+		tr = netip.AddrPortFrom(netip.AddrFrom16(wordsAddr(v.NatIp)).Unmap(), ntohs(v.NatPort))
+	}
 	return LocalFlow{
-		Src:     netip.AddrPortFrom(netip.AddrFrom16(wordsAddr(k.Src)).Unmap(), ntohs(k.Sport)),
-		Dst:     netip.AddrPortFrom(netip.AddrFrom16(wordsAddr(k.Dst)).Unmap(), ntohs(k.Dport)),
-		From:    v.From,
-		To:      v.To,
-		Closing: v.State == uint8(xdpLocalStateLOCAL_CLOSING),
-		Fin:     v.Fin != 0,
-		Expires: time.Duration(v.Expires),
+		Translated: tr,
+		Src:        netip.AddrPortFrom(netip.AddrFrom16(wordsAddr(k.Src)).Unmap(), ntohs(k.Sport)),
+		Dst:        netip.AddrPortFrom(netip.AddrFrom16(wordsAddr(k.Dst)).Unmap(), ntohs(k.Dport)),
+		From:       v.From,
+		To:         v.To,
+		Closing:    v.State == uint8(xdpLocalStateLOCAL_CLOSING),
+		Fin:        v.Fin != 0,
+		Expires:    time.Duration(v.Expires),
 	}
 }
 
@@ -159,6 +168,16 @@ type LocalCounters struct {
 	// WrongVeth counts packets of a flow that entered by another veth
 	// than its pod's: left to the normal path.
 	WrongVeth uint64 `json:"wrong_veth"`
+	// AdmittedNAT counts connections admitted through a destination
+	// translation (a Service, a NodePort, a hostPort): the client dialed
+	// another address than the server's. NotMatched counts SYN-ACKs from a
+	// pod to a client that is no pod of this node as the server sees it
+	// (another node, the node, or a pod the node masqueraded: hairpin,
+	// most NodePorts). NATFailed counts translated packets the program
+	// could not rewrite (dropped; TCP sends them again).
+	AdmittedNAT uint64 `json:"admitted_nat"`
+	NotMatched  uint64 `json:"not_matched"`
+	NATFailed   uint64 `json:"nat_failed"`
 	// Conntrack upkeep: entries kept alive, given the closing grace, and
 	// lookups that found no entry.
 	ConntrackRefresh uint64 `json:"conntrack_refresh"`
@@ -194,6 +213,9 @@ func (d *Datapath) LocalCounters() (LocalCounters, error) {
 		ClosedRST:        raw[xdpLocalCounterLC_CLOSE_RST],
 		Expired:          raw[xdpLocalCounterLC_EXPIRED],
 		WrongVeth:        raw[xdpLocalCounterLC_WRONG_VETH],
+		AdmittedNAT:      raw[xdpLocalCounterLC_ADMIT_NAT],
+		NotMatched:       raw[xdpLocalCounterLC_SKIP_SNAT],
+		NATFailed:        raw[xdpLocalCounterLC_SKIP_NAT_FAIL],
 		ConntrackRefresh: raw[xdpLocalCounterLC_CT_REFRESH],
 		ConntrackClose:   raw[xdpLocalCounterLC_CT_CLOSE],
 		ConntrackMissing: raw[xdpLocalCounterLC_CT_MISSING],

@@ -12,6 +12,17 @@
  * their packets go from one pod's host veth straight into the other pod
  * (bpf_redirect_peer), past the bridge and the node's netfilter.
  *
+ * The two ends are matched by what survives a destination translation: a
+ * client's address, port and initial sequence number are what the server
+ * answers, whatever address the client dialed (a pod, a Service's cluster
+ * IP, a NodePort or a hostPort that kube-proxy or portmap translated). For
+ * a translated connection the program then does the translation itself:
+ * the client's packets get the server's address and port, the server's
+ * packets the address and port the client dialed, and the hop the routed
+ * path would add (TTL, MACs). A connection whose client the node
+ * translated too (masquerade: hairpin, most NodePorts) cannot be matched
+ * and stays on the normal path, counted.
+ *
  * Conntrack then sees nothing of the flow, so everything of an admitted
  * flow must stay on this path until it ends: a later packet through
  * netfilter would be out of its window (INVALID, which kube-proxy drops).
@@ -48,22 +59,49 @@ enum local_state {
 	LOCAL_CLOSING,  /* RST, or FIN both ways: admitted until expires */
 };
 
+enum local_nat {
+	LOCAL_NAT_DST = 1, /* the client's direction: dst becomes nat_ip:nat_port */
+	LOCAL_NAT_SRC = 2, /* the server's direction: src becomes nat_ip:nat_port */
+};
+
 /* An admitted direction. */
 struct local_flow {
 	__u32 to;       /* the peer pod's host-side veth: bpf_redirect_peer target */
 	__u32 from;     /* the host-side veth this direction's packets enter by */
 	__u8 state;     /* enum local_state: LOCAL_OPEN or LOCAL_CLOSING */
 	__u8 fin;       /* this direction sent FIN */
-	__u8 pad[6];
+	__u8 nat;       /* enum local_nat, 0 for none */
+	__u8 macs;      /* mac_dst and mac_src are set (translated flows) */
+	__u16 nat_port; /* network order */
+	__u16 pad;
+	__u32 nat_ip[4];
+	__u8 mac_dst[6]; /* the peer pod's interface */
+	__u8 mac_src[6]; /* its gateway, as the routed path sets it */
 	__u64 expires;  /* LOCAL_CLOSING: ktime after which the entry goes */
 	__u64 ct_seen;  /* ktime the conntrack entry was last kept alive */
 };
 
-/* A handshake in progress, keyed by the client's direction. */
+/* A handshake in progress: the client's address, port and initial
+ * sequence number, which the server's SYN-ACK names too (as its
+ * destination and its ack - 1) after any destination translation. */
+struct local_pkey {
+	__u32 ip[4];
+	__u32 isn;   /* host order */
+	__u16 port;  /* network order */
+	__u16 pad;
+};
+
 struct local_pending {
-	__u8 state;     /* LOCAL_SYN or LOCAL_SYNACK */
-	__u8 pad[7];
-	__u64 seen;     /* ktime of the last handshake packet */
+	__u8 state;         /* LOCAL_SYN or LOCAL_SYNACK */
+	__u8 pad[3];
+	__u32 client_veth;  /* the client pod's host-side veth */
+	__u32 server_veth;  /* the server pod's (SYN-ACK seen) */
+	__u32 dialed[4];    /* the destination the client dialed */
+	__u32 server[4];    /* the server pod's address (SYN-ACK seen) */
+	__u16 dialed_port;  /* network order */
+	__u16 server_port;  /* network order */
+	__u32 pad2;
+	__u64 seen;         /* ktime of the last handshake packet */
 };
 
 enum local_counter {
@@ -81,6 +119,9 @@ enum local_counter {
 	LC_CT_CLOSE,         /* conntrack entries given the closing grace */
 	LC_CT_MISSING,       /* conntrack had no entry for an admitted flow */
 	LC_REDIRECT_BIG,     /* packets over 64 KiB carried (BIG TCP) */
+	LC_ADMIT_NAT,        /* connections admitted through a destination translation */
+	LC_SKIP_SNAT,        /* SYN-ACK to a translated client (masquerade): not matched */
+	LC_SKIP_NAT_FAIL,    /* a translated packet the program could not rewrite */
 	LC_MAX,
 };
 
@@ -115,7 +156,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
-	__type(key, struct local_key);
+	__type(key, struct local_pkey);
 	__type(value, struct local_pending);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } patu_local_pending SEC(".maps");
@@ -170,6 +211,11 @@ static __always_inline void lcount(__u32 idx, __u64 n)
 		*c += n; /* per CPU; tc runs with preemption off */
 }
 
+static __always_inline int addr_eq(const __u32 *a, const __u32 *b)
+{
+	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
+}
+
 static __always_inline void local_reverse(const struct local_key *in, struct local_key *out)
 {
 	__builtin_memcpy(out->src, in->dst, sizeof(out->src));
@@ -178,8 +224,23 @@ static __always_inline void local_reverse(const struct local_key *in, struct loc
 	out->dport = in->sport;
 }
 
+/* The key of the other direction of the flow whose direction k is: for a
+ * translated flow, the other end's addresses are the translated ones. */
+static __always_inline void local_peer_key(const struct local_key *k, const struct local_flow *f, struct local_key *out)
+{
+	local_reverse(k, out);
+	if (f->nat == LOCAL_NAT_DST) {
+		__builtin_memcpy(out->src, f->nat_ip, sizeof(out->src));
+		out->sport = f->nat_port;
+	} else if (f->nat == LOCAL_NAT_SRC) {
+		__builtin_memcpy(out->dst, f->nat_ip, sizeof(out->dst));
+		out->dport = f->nat_port;
+	}
+}
+
 /* Sets the timeout of the flow's conntrack entry, when conntrack is there
- * and has one. */
+ * and has one. k is either direction: conntrack finds an entry by its
+ * original or its reply tuple. */
 static __always_inline void ct_set_timeout(struct __sk_buff *skb, const struct local_key *k, int v4, __u32 ms,
 					   __u32 counter)
 {
@@ -224,7 +285,7 @@ static __always_inline void local_close(struct __sk_buff *skb, struct local_flow
 		return;
 	f->state = LOCAL_CLOSING;
 	f->expires = now + close_grace_ns;
-	local_reverse(k, &rk);
+	local_peer_key(k, f, &rk);
 	r = bpf_map_lookup_elem(&patu_local_flows, &rk);
 	if (r) {
 		r->state = LOCAL_CLOSING;
@@ -234,33 +295,68 @@ static __always_inline void local_close(struct __sk_buff *skb, struct local_flow
 	ct_set_timeout(skb, k, v4, (__u32)(close_grace_ns / 1000000), LC_CT_CLOSE);
 }
 
-/* Admits the connection whose client direction is k: both directions get
- * their entry, the server's first so that the client's (which the caller
- * sees next) only exists when both do. */
-static __always_inline void local_admit(const struct local_key *k, __u32 client_veth, __u32 server_veth)
+/* Admits the connection whose client direction is k (as the client sends
+ * it, to the address it dialed), answered by the server p names: both
+ * directions get their entry, the server's first so that the client's
+ * (which the caller sees next) only exists when both do. */
+static __always_inline void local_admit(const struct local_key *k, const struct local_pending *p)
 {
 	struct local_flow c = {}, s = {};
-	struct local_key rk;
+	struct route *cr, *sr;
+	struct local_key sk;
+	int nat;
 
-	local_reverse(k, &rk);
-	s.to = client_veth;
-	s.from = server_veth;
+	nat = !addr_eq(p->dialed, p->server) || p->dialed_port != p->server_port;
+	sr = bpf_map_lookup_elem(&patu_xdp_routes, (struct route_key *)p->server);
+	cr = bpf_map_lookup_elem(&patu_xdp_routes, (struct route_key *)k->src);
+	if (!sr || !cr || ((sr->flags | cr->flags) & ROUTE_NO_LOCAL))
+		return;
+
+	/* The server's direction: from its address to the client's. */
+	__builtin_memcpy(sk.src, p->server, sizeof(sk.src));
+	__builtin_memcpy(sk.dst, k->src, sizeof(sk.dst));
+	sk.sport = p->server_port;
+	sk.dport = k->sport;
+
+	s.to = p->client_veth;
+	s.from = p->server_veth;
 	s.state = LOCAL_OPEN;
 	s.ct_seen = bpf_ktime_get_ns();
-	if (bpf_map_update_elem(&patu_local_flows, &rk, &s, BPF_NOEXIST)) {
+	c.to = p->server_veth;
+	c.from = p->client_veth;
+	c.state = LOCAL_OPEN;
+	c.ct_seen = s.ct_seen;
+	if (nat) {
+		/* As the routed path delivers it: from the gateway, to the pod. */
+		c.nat = LOCAL_NAT_DST;
+		__builtin_memcpy(c.nat_ip, p->server, sizeof(c.nat_ip));
+		c.nat_port = p->server_port;
+		s.nat = LOCAL_NAT_SRC;
+		__builtin_memcpy(s.nat_ip, p->dialed, sizeof(s.nat_ip));
+		s.nat_port = p->dialed_port;
+		if (!(sr->flags & ROUTE_NO_MACS)) {
+			c.macs = 1;
+			__builtin_memcpy(c.mac_dst, sr->pod_mac, 6);
+			__builtin_memcpy(c.mac_src, sr->host_mac, 6);
+		}
+		if (!(cr->flags & ROUTE_NO_MACS)) {
+			s.macs = 1;
+			__builtin_memcpy(s.mac_dst, cr->pod_mac, 6);
+			__builtin_memcpy(s.mac_src, cr->host_mac, 6);
+		}
+	}
+	if (bpf_map_update_elem(&patu_local_flows, &sk, &s, BPF_NOEXIST)) {
 		lcount(LC_ADMIT_FULL, 1);
 		return;
 	}
-	c.to = server_veth;
-	c.from = client_veth;
-	c.state = LOCAL_OPEN;
-	c.ct_seen = s.ct_seen;
 	if (bpf_map_update_elem(&patu_local_flows, k, &c, BPF_NOEXIST)) {
-		bpf_map_delete_elem(&patu_local_flows, &rk);
+		bpf_map_delete_elem(&patu_local_flows, &sk);
 		lcount(LC_ADMIT_FULL, 1);
 		return;
 	}
 	lcount(LC_ADMIT, 1);
+	if (nat)
+		lcount(LC_ADMIT_NAT, 1);
 }
 
 #define TCPF_FIN 0x01
@@ -268,45 +364,121 @@ static __always_inline void local_admit(const struct local_key *k, __u32 client_
 #define TCPF_RST 0x04
 #define TCPF_ACK 0x10
 
+/* Where the translated fields are. */
+struct local_pkt {
+	__u32 l4off;   /* offset of the TCP header */
+	__u32 seq;     /* host order */
+	__u32 ack;     /* host order */
+	__u32 payload; /* bytes after the TCP header */
+	__u8 flags;
+	__u8 v4;
+};
+
+/*
+ * Rewrites one translated packet: the address and port the flow's nat
+ * names (destination of the client's packets, source of the server's),
+ * their checksums, the TTL or hop limit and the MACs of the routed hop.
+ * Returns 0, or -1 when a helper failed.
+ */
+static __always_inline int local_nat(struct __sk_buff *skb, const struct local_flow *f, const struct local_key *k,
+				     const struct local_pkt *pk)
+{
+	__u32 csum_off = pk->l4off + 16; /* offsetof(struct tcphdr, check) */
+	int dst = f->nat == LOCAL_NAT_DST;
+	__u16 old_port = dst ? k->dport : k->sport;
+	__u32 port_off = pk->l4off + (dst ? 2 : 0);
+
+	if (pk->v4) {
+		__u32 old_ip = dst ? k->dst[3] : k->src[3];
+		__u32 new_ip = f->nat_ip[3];
+		__u32 ip_off = ETH_HLEN + (dst ? 16 : 12);
+		__u16 ttl_old, ttl_new;
+
+		if (bpf_skb_load_bytes(skb, ETH_HLEN + 8, &ttl_old, 2))
+			return -1;
+		ttl_new = ttl_old;
+		((__u8 *)&ttl_new)[0] -= 1;
+		if (bpf_l4_csum_replace(skb, csum_off, old_ip, new_ip, BPF_F_PSEUDO_HDR | 4) ||
+		    bpf_l4_csum_replace(skb, csum_off, old_port, f->nat_port, 2) ||
+		    bpf_l3_csum_replace(skb, ETH_HLEN + 10, old_ip, new_ip, 4) ||
+		    bpf_l3_csum_replace(skb, ETH_HLEN + 10, ttl_old, ttl_new, 2) ||
+		    bpf_skb_store_bytes(skb, ip_off, &new_ip, 4, 0) ||
+		    bpf_skb_store_bytes(skb, ETH_HLEN + 8, &ttl_new, 2, 0))
+			return -1;
+	} else {
+		const __u32 *old_ip = dst ? k->dst : k->src;
+		__u32 ip_off = ETH_HLEN + (dst ? 24 : 8);
+		__u8 hop;
+		__s64 diff;
+
+		if (bpf_skb_load_bytes(skb, ETH_HLEN + 7, &hop, 1))
+			return -1;
+		hop -= 1;
+		diff = bpf_csum_diff((__be32 *)old_ip, 16, (__be32 *)f->nat_ip, 16, 0);
+		if (diff < 0 || bpf_l4_csum_replace(skb, csum_off, 0, diff, BPF_F_PSEUDO_HDR) ||
+		    bpf_l4_csum_replace(skb, csum_off, old_port, f->nat_port, 2) ||
+		    bpf_skb_store_bytes(skb, ip_off, f->nat_ip, 16, 0) ||
+		    bpf_skb_store_bytes(skb, ETH_HLEN + 7, &hop, 1, 0))
+			return -1;
+	}
+	if (bpf_skb_store_bytes(skb, port_off, &f->nat_port, 2, 0))
+		return -1;
+	if (f->macs && (bpf_skb_store_bytes(skb, 0, f->mac_dst, 6, 0) || bpf_skb_store_bytes(skb, 6, f->mac_src, 6, 0)))
+		return -1;
+	return 0;
+}
+
 /*
  * The local path for one TCP packet a pod sent, entering the node by
- * ifindex. Returns a tc verdict when the packet was redirected, -1 (go on:
- * the XDP reply check, then the normal path) otherwise.
+ * ifindex. Returns a tc verdict when the packet was redirected (or had to
+ * be dropped), TC_NEXT (go on: the XDP reply check, then the normal path)
+ * otherwise.
  */
-static __always_inline int local_tcp(struct __sk_buff *skb, struct local_key *k, __u8 flags, int v4, __u32 len)
+/* tc: go on with the next program (tcx), or the classifier's default (tc). */
+#define TC_NEXT -1
+
+static __always_inline int local_tcp(struct __sk_buff *skb, struct local_key *k, const struct local_pkt *pk, __u32 len)
 {
 	struct local_pending *p, np = {};
-	struct route *src, *dst;
+	struct local_pkey pkey = {};
+	struct route *r;
 	struct local_flow *f;
 	struct local_key rk;
+	__u8 flags = pk->flags;
 	__u64 now;
 
 	f = bpf_map_lookup_elem(&patu_local_flows, k);
 	if (f) {
 		if (f->from != skb->ifindex) {
 			lcount(LC_WRONG_VETH, 1);
-			return -1;
+			return TC_NEXT;
 		}
 		now = bpf_ktime_get_ns();
 		if (f->state == LOCAL_CLOSING) {
 			if (now > f->expires) {
-				local_reverse(k, &rk);
+				local_peer_key(k, f, &rk);
 				bpf_map_delete_elem(&patu_local_flows, &rk);
 				bpf_map_delete_elem(&patu_local_flows, k);
 				lcount(LC_EXPIRED, 1);
-				return -1;
+				return TC_NEXT;
 			}
 		} else if (flags & TCPF_RST) {
-			local_close(skb, f, k, v4, now, LC_CLOSE_RST);
+			local_close(skb, f, k, pk->v4, now, LC_CLOSE_RST);
 		} else if (flags & TCPF_FIN) {
 			f->fin = 1;
-			local_reverse(k, &rk);
-			struct local_flow *r = bpf_map_lookup_elem(&patu_local_flows, &rk);
-			if (r && r->fin)
-				local_close(skb, f, k, v4, now, LC_CLOSE_FIN);
+			local_peer_key(k, f, &rk);
+			struct local_flow *o = bpf_map_lookup_elem(&patu_local_flows, &rk);
+			if (o && o->fin)
+				local_close(skb, f, k, pk->v4, now, LC_CLOSE_FIN);
 		} else if (now - f->ct_seen > ct_refresh_ns) {
 			f->ct_seen = now;
-			ct_set_timeout(skb, k, v4, ct_established_ms, LC_CT_REFRESH);
+			ct_set_timeout(skb, k, pk->v4, ct_established_ms, LC_CT_REFRESH);
+		}
+		if (f->nat && local_nat(skb, f, k, pk)) {
+			/* Half rewritten: never let that out. TCP sends it
+			 * again. */
+			lcount(LC_SKIP_NAT_FAIL, 1);
+			return TC_ACT_SHOT;
 		}
 		lcount(LC_REDIRECT_PKTS, 1);
 		lcount(LC_REDIRECT_BYTES, len);
@@ -317,52 +489,78 @@ static __always_inline int local_tcp(struct __sk_buff *skb, struct local_key *k,
 
 	switch (flags & (TCPF_SYN | TCPF_ACK | TCPF_FIN | TCPF_RST)) {
 	case TCPF_SYN:
-		/* A client opens: both ends must be registered pods, the
-		 * client behind this very veth, neither opted out. */
-		dst = bpf_map_lookup_elem(&patu_xdp_routes, (struct route_key *)k->dst);
-		if (!dst)
-			return -1;
-		src = bpf_map_lookup_elem(&patu_xdp_routes, (struct route_key *)k->src);
-		if (!src || src->ifindex != skb->ifindex)
-			return -1;
-		if ((src->flags | dst->flags) & ROUTE_NO_LOCAL) {
+		/* A client in a registered pod behind this very veth opens a
+		 * connection, to whatever address: a pod, a Service, a port
+		 * of the node. */
+		r = bpf_map_lookup_elem(&patu_xdp_routes, (struct route_key *)k->src);
+		if (!r || r->ifindex != skb->ifindex)
+			return TC_NEXT;
+		if (r->flags & ROUTE_NO_LOCAL) {
 			lcount(LC_SKIP_OPT_OUT, 1);
-			return -1;
+			return TC_NEXT;
 		}
+		__builtin_memcpy(pkey.ip, k->src, sizeof(pkey.ip));
+		pkey.isn = pk->seq;
+		pkey.port = k->sport;
 		np.state = LOCAL_SYN;
+		np.client_veth = skb->ifindex;
+		__builtin_memcpy(np.dialed, k->dst, sizeof(np.dialed));
+		np.dialed_port = k->dport;
 		np.seen = bpf_ktime_get_ns();
-		bpf_map_update_elem(&patu_local_pending, k, &np, BPF_ANY);
+		bpf_map_update_elem(&patu_local_pending, &pkey, &np, BPF_ANY);
 		lcount(LC_SYN, 1);
-		return -1;
+		return TC_NEXT;
 	case TCPF_SYN | TCPF_ACK:
-		/* The server answers: it got through the node's netfilter. */
-		local_reverse(k, &rk);
-		p = bpf_map_lookup_elem(&patu_local_pending, &rk);
-		if (p && p->state == LOCAL_SYN) {
-			p->state = LOCAL_SYNACK;
-			p->seen = bpf_ktime_get_ns();
+		/* A server in a registered pod answers: the SYN got through the
+		 * node's netfilter (and its translations) to it. */
+		r = bpf_map_lookup_elem(&patu_xdp_routes, (struct route_key *)k->src);
+		if (!r || r->ifindex != skb->ifindex)
+			return TC_NEXT;
+		__builtin_memcpy(pkey.ip, k->dst, sizeof(pkey.ip));
+		pkey.isn = pk->ack - 1;
+		pkey.port = k->dport;
+		p = bpf_map_lookup_elem(&patu_local_pending, &pkey);
+		if (!p) {
+			/* Its client is no pod of this node as the server sees
+			 * it: another node, the node itself, or a pod the node
+			 * masqueraded. */
+			if (!bpf_map_lookup_elem(&patu_xdp_routes, (struct route_key *)k->dst))
+				lcount(LC_SKIP_SNAT, 1);
+			return TC_NEXT;
 		}
-		return -1;
+		if (p->state != LOCAL_SYN && p->state != LOCAL_SYNACK)
+			return TC_NEXT;
+		if (r->flags & ROUTE_NO_LOCAL) {
+			lcount(LC_SKIP_OPT_OUT, 1);
+			return TC_NEXT;
+		}
+		p->state = LOCAL_SYNACK;
+		p->server_veth = skb->ifindex;
+		__builtin_memcpy(p->server, k->src, sizeof(p->server));
+		p->server_port = k->sport;
+		p->seen = bpf_ktime_get_ns();
+		return TC_NEXT;
 	case TCPF_ACK:
-		/* The client acknowledges the SYN-ACK: it got through too. This
-		 * ACK still takes the normal path, so that conntrack sees the
-		 * connection established; what follows takes this one. */
-		p = bpf_map_lookup_elem(&patu_local_pending, k);
-		if (!p || p->state != LOCAL_SYNACK)
-			return -1;
-		bpf_map_delete_elem(&patu_local_pending, k);
-		dst = bpf_map_lookup_elem(&patu_xdp_routes, (struct route_key *)k->dst);
-		if (!dst || (dst->flags & ROUTE_NO_LOCAL))
-			return -1;
-		local_admit(k, skb->ifindex, dst->ifindex);
-		return -1;
+		/* The client acknowledges the SYN-ACK: it got through too. Only
+		 * that ACK is looked for (no payload, the ISN's successor); it
+		 * still takes the normal path, so that conntrack sees the
+		 * connection established. What follows takes this one. */
+		if (pk->payload)
+			return TC_NEXT;
+		__builtin_memcpy(pkey.ip, k->src, sizeof(pkey.ip));
+		pkey.isn = pk->seq - 1;
+		pkey.port = k->sport;
+		p = bpf_map_lookup_elem(&patu_local_pending, &pkey);
+		if (!p || p->state != LOCAL_SYNACK || p->client_veth != skb->ifindex ||
+		    !addr_eq(p->dialed, k->dst) || p->dialed_port != k->dport)
+			return TC_NEXT;
+		np = *p;
+		bpf_map_delete_elem(&patu_local_pending, &pkey);
+		local_admit(k, &np);
+		return TC_NEXT;
 	}
-	return -1;
+	return TC_NEXT;
 }
-
-
-/* tc: go on with the next program (tcx), or the classifier's default (tc). */
-#define TC_NEXT -1
 
 static __always_inline int local4(struct __sk_buff *skb)
 {
@@ -370,10 +568,12 @@ static __always_inline int local4(struct __sk_buff *skb)
 	void *data_end = (void *)(long)skb->data_end;
 	struct iphdr *iph = data + ETH_HLEN;
 	struct local_key k = {};
+	struct local_pkt pk = {.v4 = 1};
 	__u8 *tcp;
 
-	/* IPv4 without options, not a fragment, TCP: the ports and flags
-	 * are the first 14 bytes after the header. */
+	/* IPv4 without options, not a fragment, TCP: the ports, sequence
+	 * numbers, header length and flags are the first 14 bytes after the
+	 * header. */
 	if ((void *)(iph + 1) + 14 > data_end) {
 		if (bpf_skb_pull_data(skb, ETH_HLEN + sizeof(*iph) + 14))
 			return TC_NEXT;
@@ -392,7 +592,14 @@ static __always_inline int local4(struct __sk_buff *skb)
 	k.dst[3] = iph->daddr;
 	k.sport = *(__u16 *)tcp;
 	k.dport = *(__u16 *)(tcp + 2);
-	return local_tcp(skb, &k, tcp[13], 1, skb->len);
+	pk.l4off = ETH_HLEN + sizeof(*iph);
+	pk.seq = bpf_ntohl(*(__u32 *)(tcp + 4));
+	pk.ack = bpf_ntohl(*(__u32 *)(tcp + 8));
+	pk.flags = tcp[13];
+	/* tot_len is 0 for a BIG TCP packet over 64 KiB: it has payload. */
+	pk.payload = bpf_ntohs(iph->tot_len);
+	pk.payload = pk.payload ? pk.payload - sizeof(*iph) - (tcp[12] >> 4) * 4 : 1;
+	return local_tcp(skb, &k, &pk, skb->len);
 }
 
 static __always_inline int local6(struct __sk_buff *skb)
@@ -401,7 +608,8 @@ static __always_inline int local6(struct __sk_buff *skb)
 	void *data_end = (void *)(long)skb->data_end;
 	struct ipv6hdr *ip6 = data + ETH_HLEN;
 	struct local_key k = {};
-	__u32 off = ETH_HLEN + sizeof(*ip6);
+	struct local_pkt pk = {};
+	__u32 off = ETH_HLEN + sizeof(*ip6), ext = 0;
 	__u8 *tcp, nexthdr;
 
 	/* TCP right after the fixed header, or after one hop-by-hop header:
@@ -422,7 +630,8 @@ static __always_inline int local6(struct __sk_buff *skb)
 		if ((void *)(hbh + 2) > data_end)
 			return TC_NEXT;
 		nexthdr = hbh[0];
-		off += ((__u32)hbh[1] + 1) * 8;
+		ext = ((__u32)hbh[1] + 1) * 8;
+		off += ext;
 	}
 	if (nexthdr != IPPROTO_TCP || off > 512)
 		return TC_NEXT;
@@ -433,7 +642,13 @@ static __always_inline int local6(struct __sk_buff *skb)
 	__builtin_memcpy(k.dst, &ip6->daddr, 16);
 	k.sport = *(__u16 *)tcp;
 	k.dport = *(__u16 *)(tcp + 2);
-	return local_tcp(skb, &k, tcp[13], 0, skb->len);
+	pk.l4off = off;
+	pk.seq = bpf_ntohl(*(__u32 *)(tcp + 4));
+	pk.ack = bpf_ntohl(*(__u32 *)(tcp + 8));
+	pk.flags = tcp[13];
+	pk.payload = bpf_ntohs(ip6->payload_len);
+	pk.payload = pk.payload ? pk.payload - ext - (tcp[12] >> 4) * 4 : 1;
+	return local_tcp(skb, &k, &pk, skb->len);
 }
 
 #endif /* PATU_LOCAL_H */

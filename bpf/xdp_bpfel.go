@@ -70,7 +70,10 @@ const (
 	xdpLocalCounterLC_CT_CLOSE       xdpLocalCounter = 11
 	xdpLocalCounterLC_CT_MISSING     xdpLocalCounter = 12
 	xdpLocalCounterLC_REDIRECT_BIG   xdpLocalCounter = 13
-	xdpLocalCounterLC_MAX            xdpLocalCounter = 14
+	xdpLocalCounterLC_ADMIT_NAT      xdpLocalCounter = 14
+	xdpLocalCounterLC_SKIP_SNAT      xdpLocalCounter = 15
+	xdpLocalCounterLC_SKIP_NAT_FAIL  xdpLocalCounter = 16
+	xdpLocalCounterLC_MAX            xdpLocalCounter = 17
 )
 
 type xdpLocalFlow struct {
@@ -79,7 +82,14 @@ type xdpLocalFlow struct {
 	From    uint32
 	State   uint8
 	Fin     uint8
-	Pad     [6]uint8
+	Nat     uint8
+	Macs    uint8
+	NatPort uint16
+	Pad     uint16
+	NatIp   [4]uint32
+	MacDst  [6]uint8
+	MacSrc  [6]uint8
+	_       [4]byte
 	Expires uint64
 	CtSeen  uint64
 }
@@ -92,11 +102,34 @@ type xdpLocalKey struct {
 	Dport uint16
 }
 
+type xdpLocalNat uint32
+
+const (
+	xdpLocalNatLOCAL_NAT_DST xdpLocalNat = 1
+	xdpLocalNatLOCAL_NAT_SRC xdpLocalNat = 2
+)
+
 type xdpLocalPending struct {
-	_     structs.HostLayout
-	State uint8
-	Pad   [7]uint8
-	Seen  uint64
+	_          structs.HostLayout
+	State      uint8
+	Pad        [3]uint8
+	ClientVeth uint32
+	ServerVeth uint32
+	Dialed     [4]uint32
+	Server     [4]uint32
+	DialedPort uint16
+	ServerPort uint16
+	Pad2       uint32
+	_          [4]byte
+	Seen       uint64
+}
+
+type xdpLocalPkey struct {
+	_    structs.HostLayout
+	Ip   [4]uint32
+	Isn  uint32
+	Port uint16
+	Pad  uint16
 }
 
 type xdpLocalState uint32
@@ -208,6 +241,7 @@ const (
 	xdpVarCtRefreshNs        = "ct_refresh_ns"
 	xdpVarUnusedFlowFlags    = "unused_flow_flags"
 	xdpVarUnusedLocalCounter = "unused_local_counter"
+	xdpVarUnusedLocalNat     = "unused_local_nat"
 	xdpVarUnusedLocalState   = "unused_local_state"
 	xdpVarUnusedPortKind     = "unused_port_kind"
 	xdpVarUnusedRouteFlags   = "unused_route_flags"
@@ -287,6 +321,7 @@ type xdpVariableSpecs struct {
 	CtRefreshNs        *ebpf.VariableSpec `ebpf:"ct_refresh_ns"`
 	UnusedFlowFlags    *ebpf.VariableSpec `ebpf:"unused_flow_flags"`
 	UnusedLocalCounter *ebpf.VariableSpec `ebpf:"unused_local_counter"`
+	UnusedLocalNat     *ebpf.VariableSpec `ebpf:"unused_local_nat"`
 	UnusedLocalState   *ebpf.VariableSpec `ebpf:"unused_local_state"`
 	UnusedPortKind     *ebpf.VariableSpec `ebpf:"unused_port_kind"`
 	UnusedRouteFlags   *ebpf.VariableSpec `ebpf:"unused_route_flags"`
@@ -351,6 +386,7 @@ type xdpVariables struct {
 	CtRefreshNs        *ebpf.Variable `ebpf:"ct_refresh_ns"`
 	UnusedFlowFlags    *ebpf.Variable `ebpf:"unused_flow_flags"`
 	UnusedLocalCounter *ebpf.Variable `ebpf:"unused_local_counter"`
+	UnusedLocalNat     *ebpf.Variable `ebpf:"unused_local_nat"`
 	UnusedLocalState   *ebpf.Variable `ebpf:"unused_local_state"`
 	UnusedPortKind     *ebpf.Variable `ebpf:"unused_port_kind"`
 	UnusedRouteFlags   *ebpf.Variable `ebpf:"unused_route_flags"`

@@ -468,8 +468,10 @@ func writeLocal(out io.Writer, l LocalStatus) {
 	fmt.Fprintln(out, "\npacket path: TCP between pods of this node, pod to pod past the bridge and netfilter once")
 	fmt.Fprintln(out, "its handshake went through them")
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "  connections admitted\t%d\t(of %d handshakes between pods; %d opted out, %d not admitted: table full)\n",
+	fmt.Fprintf(tw, "  connections admitted\t%d\t(of %d opened by pods; %d opted out, %d not admitted: table full)\n",
 		c.Admitted, c.SYNs, c.OptedOut, c.AdmitFull)
+	fmt.Fprintf(tw, "  through a translation\t%d\t(Services, NodePorts, hostPorts: matched with no Service information)\n", c.AdmittedNAT)
+	fmt.Fprintf(tw, "  answers not matched\t%d\t(the client is on another node, the node, or was masqueraded)\n", c.NotMatched)
 	fmt.Fprintf(tw, "  directions open / closing\t%d / %d\n", l.Open, l.Closing)
 	fmt.Fprintf(tw, "  pod to pod\t%d packets\t%d bytes\t(%d packets over 64 KiB: BIG TCP)\n", c.RedirectPackets, c.RedirectBytes, c.RedirectBig)
 	fmt.Fprintf(tw, "  closed\t%d FIN, %d RST\t(%d expired after the grace)\n", c.ClosedFIN, c.ClosedRST, c.Expired)

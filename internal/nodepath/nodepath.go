@@ -40,8 +40,24 @@ type Config struct {
 	NetName string
 	// Pods are the local pods, for the bridge plugin's ipMasq chains.
 	Pods []Pod
+	// Extra are services given explicitly, rendered after the synthetic
+	// ones: services whose endpoints are pods a test runs.
+	Extra []Service
 	// HostPorts are the portmap plugin's mappings.
 	HostPorts []HostPort
+}
+
+// Service is one service port as kube-proxy renders it in iptables mode.
+type Service struct {
+	Name      string     // namespace/name:port
+	ClusterIP netip.Addr // its family picks the table
+	Port      uint16
+	// NodePort, when not 0, also makes it reachable on every local
+	// address of the node at that port (masqueraded, as kube-proxy does
+	// with externalTrafficPolicy Cluster).
+	NodePort   uint16
+	TargetPort uint16
+	Endpoints  []netip.Addr
 }
 
 // Pod is a local pod as the CNI plugins saw it.

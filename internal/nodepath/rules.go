@@ -148,6 +148,13 @@ func (f family) services(cfg Config) []service {
 		}
 		out = append(out, s)
 	}
+	for _, x := range cfg.Extra {
+		if x.ClusterIP.Is6() != f.v6 {
+			continue
+		}
+		out = append(out, service{name: x.Name, proto: "tcp", clusterIP: x.ClusterIP, port: x.Port, nodePort: x.NodePort,
+			endpoints: x.Endpoints, target: x.TargetPort})
+	}
 	return out
 }
 

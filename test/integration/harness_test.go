@@ -77,14 +77,26 @@ type env struct {
 // with each other or with a leftover of a crashed run.
 func setup(t *testing.T, prefix string, subnet int, n int, m mode, opts bpf.Options) *env {
 	t.Helper()
-	testnet.Privileged(t)
-	testnet.Sweep(prefix)
-	nt, err := testnet.New(testnet.Config{
+	return setupNet(t, netConfig(prefix, subnet, n), m, opts)
+}
+
+// netConfig is the topology setup builds: n pods on subnet 10.201.<subnet>.
+func netConfig(prefix string, subnet, n int) testnet.Config {
+	return testnet.Config{
 		Prefix:  prefix,
 		Subnet4: netip.MustParsePrefix(fmt.Sprintf("10.201.%d.0/24", subnet)),
 		Subnet6: netip.MustParsePrefix(fmt.Sprintf("fd00:201:%d::/64", subnet)),
 		Pods:    n,
-	})
+	}
+}
+
+// setupNet is setup on a topology of the caller's making.
+func setupNet(t *testing.T, cfg testnet.Config, m mode, opts bpf.Options) *env {
+	t.Helper()
+	testnet.Privileged(t)
+	prefix := cfg.Prefix
+	testnet.Sweep(prefix)
+	nt, err := testnet.New(cfg)
 	if err != nil {
 		t.Fatalf("topology: %v", err)
 	}
