@@ -54,6 +54,10 @@ type Options struct {
 	// packets to other nodes are cut in software where the uplink cannot
 	// send them as they are.
 	BigTCP int
+	// RedirectUncharged makes the socket path count redirected bytes
+	// itself, as it does on kernels that do not charge them to the
+	// receiver (RedirectCharged), for tests on kernels that do.
+	RedirectUncharged bool
 	// TestLatePeer hides each accepted socket from senders for a random
 	// time up to this long, as if its establishment lost the race with
 	// the first send. Fault injection for tests only.
@@ -131,7 +135,15 @@ func Load(opts Options) (*Datapath, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read embedded programs: %w", err)
 	}
+	// Counting them here is right on every kernel (where they are
+	// charged too, the mark trips at half): the choice when the probe
+	// cannot tell.
+	charged := false
+	if !opts.RedirectUncharged {
+		charged, _ = RedirectCharged()
+	}
 	for name, v := range map[string]any{
+		"rmem_charged":      boolByte(charged),
 		"bp_shift":          opts.BackpressureShift,
 		"bp_floor":          opts.BackpressureFloor,
 		"test_late_peer_ns": uint64(opts.TestLatePeer.Nanoseconds()),
@@ -176,6 +188,13 @@ func Load(opts Options) (*Datapath, error) {
 		return nil, err
 	}
 	return d, nil
+}
+
+func boolByte(b bool) uint8 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // establishedTimeoutMs is conntrack's timeout of an established TCP

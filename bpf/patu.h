@@ -92,7 +92,12 @@ struct sock_rec {
 	__u64 addr;   /* kernel address of the peer's struct sock */
 	__u64 cookie; /* socket cookie, to tell a reused address from the peer */
 	__u32 flags;  /* enum sock_rec_flags, changed only with atomics */
-	__u32 pad;
+	/* Kernels that do not charge redirected bytes to the receiver
+	 * (before 6.13): its copied_seq when inserted, and every byte its
+	 * application has read since (atomic), so that a sender can tell
+	 * how many redirected bytes wait unread. */
+	__u32 base_copied;
+	__u64 read_bytes;
 	__u64 visible_after; /* test fault injection: ktime before which senders ignore it */
 };
 
@@ -124,6 +129,7 @@ struct sk_state {
 	__u8 proven;      /* SOCK_RECV_PROVEN already published */
 	__u8 in_map;      /* this socket is in patu_socks */
 	__u8 pad[4];
+	__u64 redirected; /* bytes this socket redirected to its peer */
 };
 
 enum counter {

@@ -28,6 +28,15 @@ const volatile __u32 bp_shift = 1;
 const volatile __u32 bp_floor = 2 << 20;
 
 /*
+ * Whether the kernel charges redirected bytes to the receiver's
+ * sk_rmem_alloc (Linux 6.13+; Load probes it). Where it does not, the
+ * queue is counted here instead: bytes each sender redirected, minus what
+ * the receiver's application read of them (all it read, less what TCP
+ * delivered: its copied_seq moves only for TCP bytes).
+ */
+const volatile __u8 rmem_charged = 1;
+
+/*
  * Fault injection for tests: when non-zero, the record of each accepted
  * socket, which is what lets senders find it, stays invisible for a random
  * 0..test_late_peer_ns after establishment, so the peer of a connection is
@@ -137,6 +146,7 @@ static __always_inline void insert(struct bpf_sock_ops *skops, struct tcp_sock *
 	 * record but not the entry falls back to TCP, never the reverse. */
 	rec.addr = (__u64)tp;
 	rec.cookie = bpf_get_socket_cookie(skops);
+	rec.base_copied = tp->copied_seq;
 	if (passive && test_late_peer_ns)
 		rec.visible_after = bpf_ktime_get_ns() + bpf_get_prandom_u32() % test_late_peer_ns;
 	if (bpf_map_update_elem(&patu_sock_recs, &st->own_key, &rec, BPF_ANY)) {
@@ -255,9 +265,21 @@ static __always_inline int redirect(struct sk_msg_md *msg, struct sk_state *st, 
 	int rmem, rcvbuf;
 
 	/* Since 6.13 redirected bytes are charged to the receiver's
-	 * sk_rmem_alloc until read. */
+	 * sk_rmem_alloc until read; before, they are counted here. */
 	rmem = psk->sk_backlog.rmem_alloc.counter;
 	rcvbuf = psk->sk_rcvbuf;
+	if (!rmem_charged) {
+		struct tcp_sock *ptp = bpf_rdonly_cast((void *)st->peer_addr, bpf_core_type_id_kernel(struct tcp_sock));
+		struct sock_rec *rec = bpf_map_lookup_elem(&patu_sock_recs, &st->peer_key);
+		__u64 read;
+
+		if (!rec)
+			return tcp_for_good(st, FB_PEER_GONE, size);
+		/* What the receiver read of the redirected bytes. */
+		read = rec->read_bytes - (__u32)(ptp->copied_seq - rec->base_copied);
+		if (st->redirected > read)
+			rmem += st->redirected - read;
+	}
 	if ((__u32)rmem > high_mark(rcvbuf)) {
 		/* Safe at any moment: the receiver drains its redirect queue
 		 * before its TCP queue. TCP flow control now blocks us. */
@@ -267,6 +289,7 @@ static __always_inline int redirect(struct sk_msg_md *msg, struct sk_state *st, 
 	if (bpf_msg_redirect_hash(msg, &patu_socks, &st->peer_key, BPF_F_INGRESS) != SK_PASS)
 		/* The peer left the map, which only its close does. */
 		return tcp_for_good(st, FB_PEER_GONE, size);
+	st->redirected += size;
 	count(CNT_REDIRECT_MSGS, 1);
 	count(CNT_REDIRECT_BYTES, size);
 	return SK_PASS;
@@ -356,10 +379,14 @@ int BPF_PROG(patu_recv_proof, struct sock *sk, int ret, int flags)
 	struct sk_state *st;
 
 	st = bpf_sk_storage_get(&patu_sk_state, sk, 0, 0);
-	if (!st || st->proven || !st->in_map)
+	if (!st || !st->in_map || (st->proven && rmem_charged))
 		return 0;
 	rec = bpf_map_lookup_elem(&patu_sock_recs, &st->own_key);
 	if (!rec)
+		return 0;
+	if (!rmem_charged && ret > 0)
+		__sync_fetch_and_add(&rec->read_bytes, ret);
+	if (st->proven)
 		return 0;
 	__sync_fetch_and_or(&rec->flags, SOCK_RECV_PROVEN);
 	st->proven = 1;

@@ -77,15 +77,16 @@ const (
 )
 
 type redirectSkState struct {
-	_        structs.HostLayout
-	OwnKey   redirectSockKey
-	PeerKey  redirectSockKey
-	PeerAddr uint64
-	Mode     uint8
-	Reason   uint8
-	Proven   uint8
-	InMap    uint8
-	Pad      [4]uint8
+	_          structs.HostLayout
+	OwnKey     redirectSockKey
+	PeerKey    redirectSockKey
+	PeerAddr   uint64
+	Mode       uint8
+	Reason     uint8
+	Proven     uint8
+	InMap      uint8
+	Pad        [4]uint8
+	Redirected uint64
 }
 
 type redirectSockKey struct {
@@ -101,7 +102,8 @@ type redirectSockRec struct {
 	Addr         uint64
 	Cookie       uint64
 	Flags        uint32
-	Pad          uint32
+	BaseCopied   uint32
+	ReadBytes    uint64
 	VisibleAfter uint64
 }
 
@@ -119,6 +121,7 @@ const (
 	redirectProgPatuSockops        = "patu_sockops"
 	redirectVarBpFloor             = "bp_floor"
 	redirectVarBpShift             = "bp_shift"
+	redirectVarRmemCharged         = "rmem_charged"
 	redirectVarTestLatePeerNs      = "test_late_peer_ns"
 	redirectVarUnusedCounter       = "unused_counter"
 	redirectVarUnusedEndpointFlags = "unused_endpoint_flags"
@@ -191,6 +194,7 @@ type redirectMapSpecs struct {
 type redirectVariableSpecs struct {
 	BpFloor             *ebpf.VariableSpec `ebpf:"bp_floor"`
 	BpShift             *ebpf.VariableSpec `ebpf:"bp_shift"`
+	RmemCharged         *ebpf.VariableSpec `ebpf:"rmem_charged"`
 	TestLatePeerNs      *ebpf.VariableSpec `ebpf:"test_late_peer_ns"`
 	UnusedCounter       *ebpf.VariableSpec `ebpf:"unused_counter"`
 	UnusedEndpointFlags *ebpf.VariableSpec `ebpf:"unused_endpoint_flags"`
@@ -242,6 +246,7 @@ func (m *redirectMaps) Close() error {
 type redirectVariables struct {
 	BpFloor             *ebpf.Variable `ebpf:"bp_floor"`
 	BpShift             *ebpf.Variable `ebpf:"bp_shift"`
+	RmemCharged         *ebpf.Variable `ebpf:"rmem_charged"`
 	TestLatePeerNs      *ebpf.Variable `ebpf:"test_late_peer_ns"`
 	UnusedCounter       *ebpf.Variable `ebpf:"unused_counter"`
 	UnusedEndpointFlags *ebpf.Variable `ebpf:"unused_endpoint_flags"`
