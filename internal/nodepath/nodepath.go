@@ -51,7 +51,10 @@ type Config struct {
 type Service struct {
 	Name      string     // namespace/name:port
 	ClusterIP netip.Addr // its family picks the table
-	Port      uint16
+	// Port is the service port; 0 takes every port, and TargetPort 0
+	// keeps it (not something kube-proxy writes: for benchmarks whose
+	// tools pick a fresh port each run).
+	Port uint16
 	// NodePort, when not 0, also makes it reachable on every local
 	// address of the node at that port (masqueraded, as kube-proxy does
 	// with externalTrafficPolicy Cluster).

@@ -311,13 +311,20 @@ func (f family) rules(cfg Config) string {
 			continue
 		}
 		svc := kubeChain("KUBE-SVC-", s.name+s.proto)
-		w(`-A KUBE-SERVICES -d %s -p %s -m comment --comment "%s cluster IP" -m %s --dport %d -j %s`,
-			f.host(s.clusterIP), s.proto, s.name, s.proto, s.port, svc)
-		w(`-A %s ! -s %s -d %s -p %s -m comment --comment "%s cluster IP" -m %s --dport %d -j KUBE-MARK-MASQ`,
-			svc, f.cluster.Masked(), f.host(s.clusterIP), s.proto, s.name, s.proto, s.port)
+		dport := fmt.Sprintf(" -m %s --dport %d", s.proto, s.port)
+		if s.port == 0 {
+			dport = "" // any port, kept by the DNAT (Service.Port 0)
+		}
+		w(`-A KUBE-SERVICES -d %s -p %s -m comment --comment "%s cluster IP"%s -j %s`,
+			f.host(s.clusterIP), s.proto, s.name, dport, svc)
+		w(`-A %s ! -s %s -d %s -p %s -m comment --comment "%s cluster IP"%s -j KUBE-MARK-MASQ`,
+			svc, f.cluster.Masked(), f.host(s.clusterIP), s.proto, s.name, dport)
 		for i, ep := range s.endpoints {
 			sep := kubeChain("KUBE-SEP-", s.name+s.proto+ep.String())
 			epPort := f.ipPort(ep, s.target)
+			if s.target == 0 {
+				epPort = ep.String()
+			}
 			if left := len(s.endpoints) - i; left > 1 {
 				w(`-A %s -m comment --comment "%s -> %s" -m statistic --mode random --probability %.11f -j %s`,
 					svc, s.name, epPort, 1/float64(left), sep)

@@ -199,6 +199,9 @@ type bench struct {
 	keepOutput bool
 	// peerBin is patu-testpeer, for the verify cells.
 	peerBin string
+	// dial, when set, maps the server's address to the one clients
+	// connect to (a Service's cluster IP): the services section.
+	dial map[netip.Addr]netip.Addr
 }
 
 // setupTopology sweeps what a crashed run may have left, then builds the
@@ -365,11 +368,11 @@ func (bn *bench) measureInto(ctx context.Context, s *sample, c cell, p path) (er
 	}
 	switch c.Kind {
 	case kindRR:
-		err = bn.runRR(ctx, s, c, client, srv, ip)
+		err = bn.runRR(ctx, s, c, client, srv, ip, bn.dialTo(ip))
 	case kindBulk:
-		err = bn.runBulk(ctx, s, c, client, srv, ip)
+		err = bn.runBulk(ctx, s, c, client, srv, ip, bn.dialTo(ip))
 	case kindVerify:
-		err = bn.runVerify(ctx, s, c, client, srv, ip)
+		err = bn.runVerify(ctx, s, c, client, srv, ip, bn.dialTo(ip))
 	}
 	v1, verr := bn.vethPackets()
 	if verr != nil && err == nil {
@@ -388,7 +391,7 @@ func (bn *bench) measureInto(ctx context.Context, s *sample, c cell, p path) (er
 }
 
 // runRR runs sockperf ping-pong: a server in srv, the client in client.
-func (bn *bench) runRR(ctx context.Context, s *sample, c cell, client, srv *testnet.Pod, ip netip.Addr) error {
+func (bn *bench) runRR(ctx context.Context, s *sample, c cell, client, srv *testnet.Pod, ip, dial netip.Addr) error {
 	port := bn.nextPort()
 	secs := int(bn.duration.Round(time.Second) / time.Second)
 	// sockperf sleeps 2 s after connecting and needs a moment to print.
@@ -419,7 +422,7 @@ func (bn *bench) runRR(ctx context.Context, s *sample, c cell, client, srv *test
 			cpuErr = err
 		}
 	}
-	name, args = withCPU(c.CPU, "sockperf", "pp", "--tcp", "-i", ip.String(), "-p", fmt.Sprint(port),
+	name, args = withCPU(c.CPU, "sockperf", "pp", "--tcp", "-i", dial.String(), "-p", fmt.Sprint(port),
 		"-m", fmt.Sprint(c.Size), "-t", fmt.Sprint(secs), "--full-rtt")
 	out, err := runClient(ctx, client, timeout, onLine, name, args...)
 	if err != nil {
@@ -450,7 +453,7 @@ func (bn *bench) runRR(ctx context.Context, s *sample, c cell, client, srv *test
 }
 
 // runBulk runs one iperf3 stream from client to an iperf3 -s -1 in srv.
-func (bn *bench) runBulk(ctx context.Context, s *sample, c cell, client, srv *testnet.Pod, ip netip.Addr) error {
+func (bn *bench) runBulk(ctx context.Context, s *sample, c cell, client, srv *testnet.Pod, ip, dial netip.Addr) error {
 	port := bn.nextPort()
 	secs := int(bn.duration.Round(time.Second) / time.Second)
 	timeout := bn.duration + 30*time.Second
@@ -466,7 +469,7 @@ func (bn *bench) runBulk(ctx context.Context, s *sample, c cell, client, srv *te
 	if err != nil {
 		return err
 	}
-	out, err := runClient(ctx, client, timeout, nil, "iperf3", "-c", ip.String(), "-p", fmt.Sprint(port),
+	out, err := runClient(ctx, client, timeout, nil, "iperf3", "-c", dial.String(), "-p", fmt.Sprint(port),
 		"-t", fmt.Sprint(secs), "-l", fmt.Sprint(c.Size), "-J")
 	cpuEnd, cerr := bn.cpuSnap()
 	if err == nil {
@@ -544,7 +547,7 @@ type verifyResult struct {
 // runVerify streams c.Size bytes from client to a patu-testpeer sink in
 // srv that verifies every byte, capped at c.Rate MB/s when set. The
 // writer writes 64 KiB chunks without pause.
-func (bn *bench) runVerify(ctx context.Context, s *sample, c cell, client, srv *testnet.Pod, ip netip.Addr) error {
+func (bn *bench) runVerify(ctx context.Context, s *sample, c cell, client, srv *testnet.Pod, ip, dial netip.Addr) error {
 	if bn.peerBin == "" {
 		return errors.New("patu-testpeer was not built")
 	}
@@ -564,7 +567,7 @@ func (bn *bench) runVerify(ctx context.Context, s *sample, c cell, client, srv *
 		return err
 	}
 	out, err := runClient(ctx, client, timeout, nil, bn.peerBin, "client", "--connect",
-		netip.AddrPortFrom(ip, uint16(port)).String(), "--mode", "stream", "--bytes", fmt.Sprint(c.Size), "--seed", "1")
+		netip.AddrPortFrom(dial, uint16(port)).String(), "--mode", "stream", "--bytes", fmt.Sprint(c.Size), "--seed", "1")
 	cpuEnd, cerr := bn.cpuSnap()
 	if err == nil {
 		err = cerr
@@ -590,4 +593,12 @@ func (bn *bench) runVerify(ctx context.Context, s *sample, c cell, client, srv *
 	s.CPUPerGB, s.KernelCPUPerGB = s.CPUSec/gb, s.KernelCPUSec/gb
 	s.PodsCPUPerGB = s.PodsCPUSec / gb
 	return nil
+}
+
+// dialTo is the address a client connects to for a server listening on ip.
+func (bn *bench) dialTo(ip netip.Addr) netip.Addr {
+	if d, ok := bn.dial[ip]; ok {
+		return d
+	}
+	return ip
 }

@@ -194,11 +194,21 @@ func cells(cfg config) []cell {
 	return out
 }
 
+// plan is what compare measures: cells on paths.
+type plan struct {
+	cells []cell
+	paths []path
+}
+
 // compare runs every cell on every path, interleaved: in each round, each
-// cell runs on the three paths back to back, in an order that rotates, so
-// that drift in the machine's speed hits all paths alike.
+// cell runs on the paths back to back, in an order that rotates, so that
+// drift in the machine's speed hits all paths alike.
 func compare(ctx context.Context, w io.Writer, log *slog.Logger, bn *bench, cfg config) (report, error) {
-	cs := cells(cfg)
+	return comparePlan(ctx, w, log, bn, cfg, plan{cells: cells(cfg), paths: allPaths})
+}
+
+func comparePlan(ctx context.Context, w io.Writer, log *slog.Logger, bn *bench, cfg config, pl plan) (report, error) {
+	cs, paths := pl.cells, pl.paths
 	rep := report{Machine: describeMachine(), Started: time.Now(), Config: map[string]any{
 		"runs": cfg.runs, "duration_s": cfg.duration.Seconds(), "quick": cfg.quick, "only": cfg.only,
 		"topology_prefix": topoPrefix, "subnet4": subnet4.String(), "subnet6": subnet6.String(), "pin_dir": bn.pinDir,
@@ -211,16 +221,16 @@ func compare(ctx context.Context, w io.Writer, log *slog.Logger, bn *bench, cfg 
 	if noted {
 		rep.Notes = append(rep.Notes, otherPatuNote(others))
 	}
-	total := len(cs) * len(allPaths) * cfg.runs
-	est := estimate(cs, cfg)
+	total := len(cs) * len(paths) * cfg.runs
+	est := estimate(cs, cfg, len(paths))
 	log.Info("benchmark", "cells", len(cs), "runs", cfg.runs, "duration", cfg.duration, "measurements", total,
 		"estimated", est.Round(10*time.Second).String())
 
 	n := 0
 	for round := 0; round < cfg.runs; round++ {
 		for ci, c := range cs {
-			for k := range allPaths {
-				p := allPaths[(k+round+ci)%len(allPaths)]
+			for k := range paths {
+				p := paths[(k+round+ci)%len(paths)]
 				if err := ctx.Err(); err != nil {
 					return rep, fmt.Errorf("interrupted after %d of %d measurements: %w", n, total, err)
 				}
@@ -264,7 +274,7 @@ func compare(ctx context.Context, w io.Writer, log *slog.Logger, bn *bench, cfg 
 
 // estimate is how long the measurements take: sockperf sleeps 2 s after
 // connecting before it starts, and every run has some set-up.
-func estimate(cs []cell, cfg config) time.Duration {
+func estimate(cs []cell, cfg config, paths int) time.Duration {
 	var per time.Duration
 	for _, c := range cs {
 		per += cfg.duration + 700*time.Millisecond
@@ -272,7 +282,7 @@ func estimate(cs []cell, cfg config) time.Duration {
 			per += 2 * time.Second
 		}
 	}
-	return per * time.Duration(len(allPaths)*cfg.runs)
+	return per * time.Duration(paths*cfg.runs)
 }
 
 func logSample(log *slog.Logger, n, total int, s sample) {
