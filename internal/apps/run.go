@@ -1,0 +1,268 @@
+package apps
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/patu-dev/patu/bpf"
+	"github.com/patu-dev/patu/cgroup"
+	"github.com/patu-dev/patu/internal/nodepath"
+	"github.com/patu-dev/patu/internal/testnet"
+	"github.com/patu-dev/patu/pods"
+)
+
+// Case is one application scenario.
+type Case struct {
+	// Name is short and unique: it names subtests and report rows.
+	Name string
+	// Desc says what runs, for the report.
+	Desc string
+	// Pods is the number of pods the case needs (2 or 3): pod 0 is the
+	// client, pod 1 the server, pod 2 a backend.
+	Pods int
+	// Tools are the programs the case runs.
+	Tools []string
+	// Timeout bounds the applications' run at scale 1 (see Runner.timeout).
+	Timeout time.Duration
+	// Run starts the applications in env and returns what they observed.
+	// It returns once every client finished; servers it started with
+	// env.Start are stopped by the runner.
+	Run func(ctx context.Context, env *Env) (Observed, error)
+	// Bench marks the cases the benchmark measures: bulk transfers whose
+	// CPU per byte means something.
+	Bench bool
+}
+
+// Observed is what the applications of a run saw.
+type Observed struct {
+	// Digest must be identical on every path: checksums of what was
+	// received, counts of what succeeded, the kind of error where the
+	// case provokes one.
+	Digest string `json:"digest"`
+	// Payload is the application bytes moved, for throughput.
+	Payload int64 `json:"payload_bytes"`
+}
+
+// Outcome is one run of a case on a path.
+type Outcome struct {
+	Case     string        `json:"case"`
+	Path     Path          `json:"path"`
+	Observed Observed      `json:"observed"`
+	Took     time.Duration `json:"took_ns"`
+	// Hang is set when the applications did not finish within the
+	// case's timeout.
+	Hang bool `json:"hang,omitempty"`
+	// Errors are the run's failed checks and errors; empty when it passed
+	// every check that needs no other path.
+	Errors []string `json:"errors,omitempty"`
+	Stats  Stats    `json:"stats"`
+}
+
+// Failed reports whether the run failed a check of its own.
+func (o Outcome) Failed() bool { return len(o.Errors) > 0 }
+
+// MBps is the payload throughput over the applications' run.
+func (o Outcome) MBps() float64 {
+	if o.Took <= 0 {
+		return 0
+	}
+	return float64(o.Observed.Payload) / 1e6 / o.Took.Seconds()
+}
+
+func (o *Outcome) fail(format string, args ...any) {
+	o.Errors = append(o.Errors, fmt.Sprintf(format, args...))
+}
+
+// settle is how long the conntrack and lifecycle checks wait.
+const settle = 5 * time.Second
+
+// Run runs c on path p in a fresh topology and checks it. It never
+// returns early on a failed check: every check that can run does, and
+// everything created is removed.
+func (r *Runner) Run(ctx context.Context, c Case, p Path) Outcome {
+	o := Outcome{Case: c.Name, Path: p}
+	r.log.Info("app case", "case", c.Name, "path", p)
+	t, err := r.setup(c, p)
+	if err != nil {
+		o.fail("set up: %v", err)
+		if t != nil {
+			if err := t.close(); err != nil {
+				o.fail("clean up: %v", err)
+			}
+		}
+		return o
+	}
+	defer func() {
+		if err := t.close(); err != nil {
+			o.fail("clean up: %v", err)
+		}
+	}()
+	r.runCase(ctx, c, t, &o)
+	return o
+}
+
+// runCase runs the applications and every check on topology t.
+func (r *Runner) runCase(ctx context.Context, c Case, t *topo, o *Outcome) {
+	env := &Env{r: r, t: t, Pods: t.net.Pods, Path: t.path, Dir: t.dir}
+	before, err := t.snapshot()
+	if err != nil {
+		o.fail("read counters: %v", err)
+		return
+	}
+	limit := r.timeout(c)
+	cctx, cancel := context.WithTimeout(ctx, limit)
+	start := time.Now()
+	obs, runErr := c.Run(cctx, env)
+	o.Took = time.Since(start)
+	hung := cctx.Err() != nil && ctx.Err() == nil
+	cancel()
+	// The applications close: servers get SIGTERM, then SIGKILL.
+	env.stopAll()
+	after, err := t.snapshot()
+	if err != nil {
+		o.fail("read counters: %v", err)
+	}
+	o.Observed = obs
+	o.Stats = after.sub(before)
+	switch {
+	case hung:
+		o.Hang = true
+		o.fail("hang: the applications did not finish within %s: %v", limit, runErr)
+	case runErr != nil:
+		o.fail("%v", runErr)
+	}
+	if o.Observed.Digest == "" && runErr == nil {
+		o.fail("the case observed nothing (empty digest)")
+	}
+	for _, e := range env.stopErrs {
+		o.fail("%s", e)
+	}
+	r.checkConntrack(t, before, o)
+	r.checkLifecycle(t, o)
+}
+
+// topo is a run's topology: the pods, the node's netfilter and, on Patu's
+// paths, Patu loaded with its own pin directory.
+type topo struct {
+	net      *testnet.Net
+	path     Path
+	dir      string // the run's scratch directory
+	cgParent string
+	pinDir   string
+	dp       *bpf.Datapath
+	unloaded bool
+	deleted  map[int]bool // pods deleted by the lifecycle check
+	subnet4  netip.Prefix
+	subnet6  netip.Prefix
+	prefix   string
+	// after runs when the topology is removed: what a case holds open
+	// past the checks (the self-tests).
+	after []func()
+}
+
+func (r *Runner) setup(c Case, p Path) (*topo, error) {
+	mnt, err := cgroup.Mount2()
+	if err != nil {
+		return nil, err
+	}
+	t := &topo{path: p, prefix: r.cfg.Prefix, subnet4: r.cfg.Subnet4, subnet6: r.cfg.Subnet6,
+		cgParent: filepath.Join(mnt, "patu-"+r.cfg.Prefix), pinDir: "/sys/fs/bpf/patu-" + r.cfg.Prefix, deleted: map[int]bool{}}
+	sweep(t)
+	if t.dir, err = os.MkdirTemp(r.dir, c.Name+"-"+string(p)+"-"); err != nil {
+		return nil, err
+	}
+	// The pods' programs (postgres, nginx workers) may run as other users.
+	if err := os.Chmod(t.dir, 0o755); err != nil {
+		return t, err
+	}
+	t.net, err = testnet.New(testnet.Config{Prefix: r.cfg.Prefix, Subnet4: r.cfg.Subnet4, Subnet6: r.cfg.Subnet6,
+		Pods: c.Pods, CgroupParent: t.cgParent})
+	if err != nil {
+		return t, err
+	}
+	// The rules live in the node namespace and go with it: no undo.
+	_, err = nodepath.Apply(t.net.Node.NetnsPath, nodepath.Config{Bridge: t.net.Bridge,
+		PodSubnet4: r.cfg.Subnet4, PodSubnet6: r.cfg.Subnet6,
+		// Kubernetes-shaped rules around the pods, addressed where no
+		// case connects: only the pods' own traffic is measured.
+		ServiceCIDR4: netip.MustParsePrefix("10.210.240.0/20"), ServiceCIDR6: netip.MustParsePrefix("fd00:210::f:0/112"),
+		RemotePods4: netip.MustParsePrefix("10.210.224.0/20"), RemotePods6: netip.MustParsePrefix("fd00:210::e:0/112"),
+		Services: 20})
+	if err != nil {
+		return t, fmt.Errorf("node path: %w", err)
+	}
+	if p == Bridge {
+		return t, nil
+	}
+	t.dp, err = bpf.Load(bpf.Options{PinDir: t.pinDir})
+	if err != nil {
+		return t, fmt.Errorf("load patu: %w", err)
+	}
+	for _, pod := range t.net.Pods {
+		rec := bpf.Pod{ID: "apps-" + pod.Name, Namespace: "apps", Name: pod.Name, Netns: pod.NetnsPath,
+			IPs: []netip.Addr{pod.IPv4, pod.IPv6}, HostIfindex: uint32(pod.HostIfindex), HostMAC: pod.HostMAC,
+			PodMAC: pod.PodMAC, Socket: p == PatuSocket, Source: bpf.PodFromCNI, Confirmed: true, Created: time.Now()}
+		// From the node's namespace, where the host veths are, as the CNI
+		// plugin runs.
+		err := t.net.Node.Do(func() error {
+			if _, err := pods.Register(t.dp, rec); err != nil {
+				return err
+			}
+			return pods.SetCgroups(t.dp, rec.ID, []string{pod.CgroupDir})
+		})
+		if err != nil {
+			return t, fmt.Errorf("register %s: %w", pod.Name, err)
+		}
+	}
+	return t, nil
+}
+
+// sweep removes what a crashed run with the same prefix left behind.
+func sweep(t *topo) {
+	testnet.Sweep(t.prefix)
+	if _, err := os.Stat(t.cgParent); err == nil {
+		os.WriteFile(filepath.Join(t.cgParent, "cgroup.kill"), []byte("1"), 0)
+		time.Sleep(50 * time.Millisecond)
+		cgroup.Remove(t.cgParent)
+	}
+	bpf.Unload(t.pinDir)
+}
+
+// close removes the topology and unloads Patu, whatever state they are in.
+func (t *topo) close() error {
+	var errs []error
+	for _, f := range t.after {
+		f()
+	}
+	if t.dp != nil {
+		t.dp.Close()
+		if !t.unloaded {
+			if _, err := bpf.Unload(t.pinDir); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if t.net != nil {
+		if err := t.net.Close(); err != nil {
+			errs = append(errs, err)
+		}
+		if err := cgroup.Remove(t.cgParent); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if t.dir != "" {
+		os.RemoveAll(t.dir)
+	}
+	// A drained path whose pods are gone is removed by the next unload.
+	if t.dp != nil {
+		if _, err := bpf.Unload(t.pinDir); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
