@@ -16,6 +16,7 @@ deps: ## install missing build packages (Debian) and the demo's runtime (contain
 test-deps: deps ## also the other e2e runtimes: podman, CRI-O (built from source: 10-15 min the first time)
 	@hack/podman-deps.sh
 	@hack/crio-deps.sh
+	@hack/apps-deps.sh
 
 build: ## build the binaries into bin/ (static: they run on any node)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags=-s -o $(BIN)/patu ./cmd/patu
@@ -35,6 +36,7 @@ test-unit: ## unprivileged tests only
 	PATU_SKIP_PRIVILEGED=1 $(GO) test -count=1 ./...
 
 bench: deps ## bridge vs Patu vs loopback, side by side; table + out/bench.json; needs root
+	@hack/apps-deps.sh
 	$(GO) run ./test/bench -o out/bench.json
 
 demo: deps ## two pods on a private containerd via crictl, bridge vs Patu, all cleaned up; needs root

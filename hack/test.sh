@@ -19,7 +19,7 @@ export PATH="$PATH:/usr/local/go/bin"
 
 # Packages with real runtimes and applications; everything else that needs
 # root is the privileged tier.
-E2E_PKGS=(./internal/rtlab ./test/e2e ./test/crio ./test/podman ./test/demo)
+E2E_PKGS=(./internal/rtlab ./test/e2e ./test/crio ./test/podman ./test/demo ./test/apps)
 
 all_tiers=(setup static unit privileged e2e)
 read -r -a tiers <<<"${TIERS:-${all_tiers[*]}}"

@@ -2,9 +2,12 @@ package apps
 
 import (
 	"context"
+	"crypto/md5"
+	"encoding/hex"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"os"
 	"strings"
 	"time"
 )
@@ -104,15 +107,17 @@ func (e *Env) startNginx(ctx context.Context, p int, port int, sendfile bool) er
 func (r *Runner) haproxyCase() Case {
 	const full, n = 20 << 20, 10
 	size := r.size(full)
+	data := func() (string, string, error) { return r.dataFile("haproxy", size) }
 	return Case{
 		Name:    "haproxy",
+		Prepare: func(context.Context) error { _, _, err := data(); return err },
 		Desc:    fmt.Sprintf("HAProxy 2.6 (mode http, option splice-auto, splice-response) in front of nginx in a third pod; curl fetches %s ×%d", sizeName(size), n),
 		Pods:    3,
 		Tools:   []string{"haproxy", "nginx", "curl", "bash"},
 		Timeout: 3 * time.Minute,
 		Bench:   true,
 		Run: func(ctx context.Context, e *Env) (Observed, error) {
-			file, sum, err := r.dataFile("haproxy", size)
+			file, sum, err := data()
 			if err != nil {
 				return Observed{}, err
 			}
@@ -164,15 +169,17 @@ func (r *Runner) nginxCase(name string, sendfile bool) Case {
 	if !sendfile {
 		client, desc = "wget -q -O -", "nginx 1.22 with sendfile off; wget"
 	}
+	data := func() (string, string, error) { return r.dataFile("nginx", size) }
 	return Case{
 		Name:    name,
+		Prepare: func(context.Context) error { _, _, err := data(); return err },
 		Desc:    fmt.Sprintf("%s fetches %s ×%d", desc, sizeName(size), n),
 		Pods:    2,
 		Tools:   []string{"nginx", strings.Fields(client)[0], "bash"},
 		Timeout: 3 * time.Minute,
 		Bench:   true,
 		Run: func(ctx context.Context, e *Env) (Observed, error) {
-			file, sum, err := r.dataFile("nginx", size)
+			file, sum, err := data()
 			if err != nil {
 				return Observed{}, err
 			}
@@ -193,15 +200,17 @@ func (r *Runner) nginxCase(name string, sendfile bool) Case {
 
 func (r *Runner) ncMD5Case() Case {
 	size := r.size(200 << 20)
+	data := func() (string, string, error) { return r.dataFile("nc", size) }
 	return Case{
 		Name:    "nc-md5",
+		Prepare: func(context.Context) error { _, _, err := data(); return err },
 		Desc:    fmt.Sprintf("openbsd nc streams %s into nc -l | md5sum", sizeName(size)),
 		Pods:    2,
 		Tools:   []string{"nc", "md5sum"},
 		Timeout: 2 * time.Minute,
 		Bench:   true,
 		Run: func(ctx context.Context, e *Env) (Observed, error) {
-			file, sum, err := r.dataFile("nc", size)
+			file, sum, err := data()
 			if err != nil {
 				return Observed{}, err
 			}
@@ -258,19 +267,22 @@ func (r *Runner) ncNullCase() Case {
 func (r *Runner) socatCase() Case {
 	size := r.size(200 << 20)
 	back := r.size(50 << 20)
+	up := func() (string, string, error) { return r.dataFile("socat-up", size) }
+	down := func() (string, string, error) { return r.dataFile("socat-down", back) }
 	return Case{
 		Name:    "socat",
+		Prepare: func(context.Context) error { return prepare(up, down) },
 		Desc:    fmt.Sprintf("socat relays between two nc: %s one way, %s back", sizeName(size), sizeName(back)),
 		Pods:    3,
 		Tools:   []string{"socat", "nc", "md5sum"},
 		Timeout: 2 * time.Minute,
 		Bench:   true,
 		Run: func(ctx context.Context, e *Env) (Observed, error) {
-			f1, s1, err := r.dataFile("socat-up", size)
+			f1, s1, err := up()
 			if err != nil {
 				return Observed{}, err
 			}
-			f2, s2, err := r.dataFile("socat-down", back)
+			f2, s2, err := down()
 			if err != nil {
 				return Observed{}, err
 			}
@@ -390,14 +402,18 @@ func (r *Runner) redisCase() Case {
 	requests := r.count(100000, 5000)
 	keys := r.count(8000, 1000)
 	const valueLen = 4096
+	data := func() (string, string, error) {
+		return r.textFile("redis-values", keys, func(i int, rng *rand.Rand) string { return hexString(rng, valueLen) + "\n" })
+	}
 	return Case{
 		Name:    "redis",
+		Prepare: func(context.Context) error { _, _, err := data(); return err },
 		Desc:    fmt.Sprintf("redis 7: redis-benchmark (20 clients, 256 B, %d requests per test), then %d values of %d B written with redis-cli --pipe and read back", requests, keys, valueLen),
 		Pods:    2,
 		Tools:   []string{"redis-server", "redis-benchmark", "redis-cli"},
 		Timeout: 2 * time.Minute,
 		Run: func(ctx context.Context, e *Env) (Observed, error) {
-			values, sum, err := r.textFile("redis-values", keys, func(i int, rng *rand.Rand) string { return hexString(rng, valueLen) + "\n" })
+			values, sum, err := data()
 			if err != nil {
 				return Observed{}, err
 			}
@@ -442,27 +458,37 @@ func (r *Runner) redisCase() Case {
 func (r *Runner) memcachedCase() Case {
 	files := r.count(400, 40)
 	const each = 256 << 10
+	var names []string
+	var expect string
 	return Case{
 		Name:    "memcached",
 		Desc:    fmt.Sprintf("memcached: memccp stores %d files of 256 KiB, memccat reads them back", files),
 		Pods:    2,
 		Tools:   []string{"memcached", "memccp", "memccat"},
 		Timeout: 2 * time.Minute,
-		Run: func(ctx context.Context, e *Env) (Observed, error) {
-			var names []string
+		Prepare: func(context.Context) error {
+			if names != nil {
+				return nil
+			}
+			// memccat prints each value and a newline.
+			h := md5.New()
 			for i := range files {
 				p, _, err := r.dataFile(fmt.Sprintf("mc%03d", i), each)
 				if err != nil {
-					return Observed{}, err
+					return err
 				}
+				b, err := os.ReadFile(p)
+				if err != nil {
+					return err
+				}
+				h.Write(b)
+				h.Write([]byte("\n"))
 				names = append(names, p)
 			}
-			// memccat prints each value and a newline.
-			sum, err := e.RunSh(ctx, e.Pods[0], "for f in "+strings.Join(names, " ")+"; do cat $f; echo; done | md5sum")
-			if err != nil {
-				return Observed{}, err
-			}
-			expect := strings.Fields(sum)[0]
+			expect = hex.EncodeToString(h.Sum(nil))
+			return nil
+		},
+		Run: func(ctx context.Context, e *Env) (Observed, error) {
 			b := e.Pods[1].IPv4.String()
 			srv, err := e.Start(e.Pods[1], "memcached", "-u", "root", "-l", b, "-p", "11211", "-m", "512", "-t", "2")
 			if err != nil {
@@ -487,6 +513,16 @@ func (r *Runner) memcachedCase() Case {
 			return Observed{Digest: d, Payload: int64(files) * each * 2}, err
 		},
 	}
+}
+
+// prepare makes the data files of a case.
+func prepare(files ...func() (string, string, error)) error {
+	for _, f := range files {
+		if _, _, err := f(); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (r *Runner) goStreamCase(name string, rate int) Case {
@@ -580,19 +616,22 @@ func (r *Runner) goStalledCase() Case {
 func (r *Runner) goProxyCase() Case {
 	up := r.size(200 << 20)
 	down := r.size(200 << 20)
+	upData := func() (string, string, error) { return r.dataFile("proxy-up", up) }
+	downData := func() (string, string, error) { return r.dataFile("proxy-down", down) }
 	return Case{
 		Name:    "goproxy",
+		Prepare: func(context.Context) error { return prepare(upData, downData) },
 		Desc:    fmt.Sprintf("a Go proxy reads a header line, then io.Copy (splice) between two TCPConns; nc to nc, %s each way", sizeName(up)),
 		Pods:    3,
 		Tools:   []string{"nc", "md5sum"},
 		Timeout: 2 * time.Minute,
 		Bench:   true,
 		Run: func(ctx context.Context, e *Env) (Observed, error) {
-			f1, s1, err := r.dataFile("proxy-up", up)
+			f1, s1, err := upData()
 			if err != nil {
 				return Observed{}, err
 			}
-			f2, s2, err := r.dataFile("proxy-down", down)
+			f2, s2, err := downData()
 			if err != nil {
 				return Observed{}, err
 			}

@@ -70,11 +70,12 @@ func (r *Runner) SelfTestCases() []Case {
 				if err != nil {
 					return Observed{}, err
 				}
+				e.t.after = append(e.t.after, func() { c.Close(); s.Close() })
+				go drain(s)
+				c.SetWriteDeadline(time.Now().Add(5 * time.Second))
 				if _, err := c.Write(make([]byte, 1<<20)); err != nil {
 					return Observed{}, err
 				}
-				e.t.after = append(e.t.after, func() { c.Close(); s.Close() })
-				go drain(s)
 				return Observed{Digest: "held open"}, nil
 			},
 		},

@@ -6,7 +6,9 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -22,7 +24,17 @@ func (r *Runner) pgTemplateDir(ctx context.Context) (string, error) {
 		return r.pgTemplate, nil
 	}
 	dir := filepath.Join(r.dir, "pg-template")
-	if err := os.Chmod(r.dir, 0o755); err != nil {
+	// initdb runs as postgres, which may not create it in our directory.
+	u, err := user.Lookup("postgres")
+	if err != nil {
+		return "", fmt.Errorf("the postgres user (from the postgresql package): %w", err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return "", err
+	}
+	if err := os.Chown(dir, uid, gid); err != nil {
 		return "", err
 	}
 	out, err := exec.CommandContext(ctx, "setpriv", "--reuid=postgres", "--regid=postgres", "--clear-groups",
@@ -51,7 +63,19 @@ func (r *Runner) postgresCase() Case {
 	txns := r.count(2000, 250)
 	rows := r.count(400000, 50000)
 	const clients = 4
+	data := func() (string, string, error) {
+		return r.textFile("pg-copy", rows, func(i int, rng *rand.Rand) string {
+			return fmt.Sprintf("%d\t%s\n", i, hexString(rng, 96))
+		})
+	}
 	return Case{
+		Prepare: func(ctx context.Context) error {
+			if _, err := r.pgTemplateDir(ctx); err != nil {
+				return err
+			}
+			_, _, err := data()
+			return err
+		},
 		Name: "postgres",
 		Desc: fmt.Sprintf("PostgreSQL 15: pgbench -i, %d clients × %d transactions, a consistency query, COPY of %d rows in and out compared by md5",
 			clients, txns, rows),
@@ -63,9 +87,7 @@ func (r *Runner) postgresCase() Case {
 			if err != nil {
 				return Observed{}, err
 			}
-			copyFile, copySum, err := r.textFile("pg-copy", rows, func(i int, rng *rand.Rand) string {
-				return fmt.Sprintf("%d\t%s\n", i, hexString(rng, 96))
-			})
+			copyFile, copySum, err := data()
 			if err != nil {
 				return Observed{}, err
 			}

@@ -29,6 +29,10 @@ type Case struct {
 	Tools []string
 	// Timeout bounds the applications' run at scale 1 (see Runner.timeout).
 	Timeout time.Duration
+	// Prepare, when set, makes what the case needs before its runs (data
+	// files, a database template), outside the measured window; it is
+	// called before every run and must be cheap the second time.
+	Prepare func(ctx context.Context) error
 	// Run starts the applications in env and returns what they observed.
 	// It returns once every client finished; servers it started with
 	// env.Start are stopped by the runner.
@@ -87,6 +91,12 @@ const settle = 5 * time.Second
 func (r *Runner) Run(ctx context.Context, c Case, p Path) Outcome {
 	o := Outcome{Case: c.Name, Path: p}
 	r.log.Info("app case", "case", c.Name, "path", p)
+	if c.Prepare != nil {
+		if err := c.Prepare(ctx); err != nil {
+			o.fail("prepare: %v", err)
+			return o
+		}
+	}
 	t, err := r.setup(c, p)
 	if err != nil {
 		o.fail("set up: %v", err)

@@ -107,6 +107,11 @@ func NewRunner(ctx context.Context, cfg Config) (*Runner, error) {
 	if err != nil {
 		return nil, fmt.Errorf("apps: %w", err)
 	}
+	// Programs that run as other users (postgres) read the runner's files.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("apps: %w", err)
+	}
 	r := &Runner{cfg: cfg, dir: dir, log: log, files: map[string]string{},
 		peerBin: filepath.Join(dir, "patu-testpeer"), proxyBin: filepath.Join(dir, "patu-apps-goproxy")}
 	for _, b := range []struct{ out, pkg string }{
