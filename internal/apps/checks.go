@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os/exec"
+	"slices"
 	"strings"
 	"time"
 
@@ -99,19 +100,29 @@ func established(nsPath string, ips []netip.Addr) ([]string, error) {
 }
 
 // establishedLines picks from conntrack -L output the ESTABLISHED entries
-// whose original direction goes from one of ips to one of ips.
+// whose original direction (the first src= and dst=) goes from one of ips
+// to one of ips.
 func establishedLines(list string, ips []netip.Addr) []string {
+	ours := map[string]bool{}
+	for _, ip := range ips {
+		ours[ip.String()] = true
+	}
 	var out []string
-	has := func(line, key string) bool {
-		for _, ip := range ips {
-			if strings.Contains(line, key+ip.String()+" ") {
-				return true
+	for _, line := range strings.Split(list, "\n") {
+		fields := strings.Fields(line)
+		if !slices.Contains(fields, "ESTABLISHED") {
+			continue
+		}
+		var src, dst string
+		for _, f := range fields {
+			if v, ok := strings.CutPrefix(f, "src="); ok && src == "" {
+				src = v
+			}
+			if v, ok := strings.CutPrefix(f, "dst="); ok && dst == "" {
+				dst = v
 			}
 		}
-		return false
-	}
-	for _, line := range strings.Split(list, "\n") {
-		if strings.Contains(line, " ESTABLISHED ") && has(line, "src=") && has(line, "dst=") {
+		if ours[src] && ours[dst] {
 			out = append(out, strings.TrimSpace(line))
 		}
 	}

@@ -1,7 +1,7 @@
 // Package apps runs Patu's real-application suite (internal/apps) as the
 // e2e tier's test: every case on the bridge path and on Patu's default
 // packet path (PATU_APPS_PATHS=patu,patu-socket adds the socket path),
-// compared run by run. Sizes are scaled down (PATU_APPS_SCALE, default 4)
+// compared run by run. Sizes are scaled down (PATU_APPS_SCALE, default 2)
 // so that the suite fits CI; nothing is paced.
 package apps
 
@@ -24,7 +24,7 @@ import (
 func scale(t *testing.T) int {
 	v := os.Getenv("PATU_APPS_SCALE")
 	if v == "" {
-		return 4
+		return 2
 	}
 	n, err := strconv.Atoi(v)
 	if err != nil || n < 1 {

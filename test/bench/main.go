@@ -45,7 +45,7 @@ func main() {
 	flag.IntVar(&cfg.runs, "runs", 3, "repeat every measurement this many times")
 	flag.DurationVar(&cfg.duration, "duration", 4*time.Second, "length of each measurement (whole seconds)")
 	flag.BoolVar(&cfg.quick, "quick", false, "1 run of 2 s: RR 64 B and 1 KiB, bulk 64 KiB only")
-	flag.StringVar(&cfg.only, "only", "", "run only rr, bulk, footprint, xdp or services measurements")
+	flag.StringVar(&cfg.only, "only", "", "run only rr, bulk, footprint, xdp, services or apps measurements")
 	flag.StringVar(&cfg.out, "o", "out/bench.json", "write the JSON report here, empty for none (-quick, -demo: out/bench-quick.json; -only footprint: out/bench-footprint[-quick].json)")
 	flag.BoolVar(&cfg.demo, "demo", false, "show the redirect working, then a -quick comparison")
 	flag.StringVar(&cfg.pinDir, "pin-dir", pinDirBench, "bpffs directory for the benchmark's own Patu pins")
@@ -69,6 +69,11 @@ func main() {
 		cfg.out = "out/bench-services.json"
 		if cfg.quick {
 			cfg.out = "out/bench-services-quick.json"
+		}
+	case cfg.only == "apps":
+		cfg.out = "out/bench-apps.json"
+		if cfg.quick {
+			cfg.out = "out/bench-apps-quick.json"
 		}
 	case cfg.only == "footprint":
 		// A footprint run alone must not overwrite a whole report.
@@ -105,9 +110,9 @@ func run(ctx context.Context, log *slog.Logger, cfg config) error {
 		return fmt.Errorf("-duration %s: sockperf and iperf3 take whole seconds (at least 1s)", cfg.duration)
 	}
 	switch cfg.only {
-	case "", "rr", "bulk", "footprint", "xdp", "services":
+	case "", "rr", "bulk", "footprint", "xdp", "services", "apps":
 	default:
-		return fmt.Errorf("-only %q: want rr, bulk, footprint, xdp or services", cfg.only)
+		return fmt.Errorf("-only %q: want rr, bulk, footprint, xdp, services or apps", cfg.only)
 	}
 	if cfg.fpIdle < 0 || (cfg.fpIdle > 0 && cfg.fpIdle < time.Second) || cfg.fpPods < 0 || cfg.fpStarts < 0 || cfg.fpCNI < 0 {
 		return errors.New("-footprint-*: want an idle window of at least 1s and counts of at least 1 (0: the default)")
@@ -120,6 +125,9 @@ func run(ctx context.Context, log *slog.Logger, cfg config) error {
 	}
 	if cfg.only == "services" {
 		return services(ctx, log, cfg)
+	}
+	if cfg.only == "apps" { // the real-application suite (apps.go)
+		return appsSection(ctx, os.Stdout, log, cfg, appsOut(cfg))
 	}
 	if cfg.only == "footprint" {
 		rep := report{Machine: describeMachine(), Started: time.Now(), Config: map[string]any{"quick": cfg.quick, "only": cfg.only}}
@@ -134,12 +142,15 @@ func run(ctx context.Context, log *slog.Logger, cfg config) error {
 	if err := footprintSection(ctx, os.Stdout, log, cfg, &rep); err != nil {
 		return err
 	}
-	// The XDP ingress comparison (xdp*.go), then Services, each in its own
-	// JSON file.
+	// The XDP ingress comparison (xdp*.go), then Services, then the real
+	// applications (apps.go) last, each in its own JSON file.
 	if err := xdpSection(ctx, os.Stdout, log, cfg, xdpOut(cfg)); err != nil {
 		return err
 	}
-	return services(ctx, log, cfg)
+	if err := services(ctx, log, cfg); err != nil {
+		return err
+	}
+	return appsSection(ctx, os.Stdout, log, cfg, appsOut(cfg))
 }
 
 // services runs the services section with its own patu-testpeer.
