@@ -115,7 +115,6 @@ func (r *Runner) haproxyCase() Case {
 		Pods:    3,
 		Tools:   []string{"haproxy", "nginx", "curl", "bash"},
 		Timeout: 3 * time.Minute,
-		Bench:   true,
 		Run: func(ctx context.Context, e *Env) (Observed, error) {
 			file, sum, err := data()
 			if err != nil {
@@ -177,7 +176,6 @@ func (r *Runner) nginxCase(name string, sendfile bool) Case {
 		Pods:    2,
 		Tools:   []string{"nginx", strings.Fields(client)[0], "bash"},
 		Timeout: 3 * time.Minute,
-		Bench:   true,
 		Run: func(ctx context.Context, e *Env) (Observed, error) {
 			file, sum, err := data()
 			if err != nil {
@@ -208,7 +206,6 @@ func (r *Runner) ncMD5Case() Case {
 		Pods:    2,
 		Tools:   []string{"nc", "md5sum"},
 		Timeout: 2 * time.Minute,
-		Bench:   true,
 		Run: func(ctx context.Context, e *Env) (Observed, error) {
 			file, sum, err := data()
 			if err != nil {
@@ -242,7 +239,6 @@ func (r *Runner) ncNullCase() Case {
 		Pods:    2,
 		Tools:   []string{"nc", "head"},
 		Timeout: 2 * time.Minute,
-		Bench:   true,
 		Run: func(ctx context.Context, e *Env) (Observed, error) {
 			srv, err := e.Sh(e.Pods[1], fmt.Sprintf("nc -l %s 9001 > /dev/null", e.Pods[1].IPv4))
 			if err != nil {
@@ -276,7 +272,6 @@ func (r *Runner) socatCase() Case {
 		Pods:    3,
 		Tools:   []string{"socat", "nc", "md5sum"},
 		Timeout: 2 * time.Minute,
-		Bench:   true,
 		Run: func(ctx context.Context, e *Env) (Observed, error) {
 			f1, s1, err := up()
 			if err != nil {
@@ -538,7 +533,6 @@ func (r *Runner) goStreamCase(name string, rate int) Case {
 		Pods:    2,
 		Tools:   nil,
 		Timeout: 3 * time.Minute,
-		Bench:   true,
 		Run: func(ctx context.Context, e *Env) (Observed, error) {
 			addr := netip.AddrPortFrom(e.Pods[1].IPv4, 9008).String()
 			args := []string{"serve", "--listen", addr, "--mode", "sink", "--conns", "1"}
@@ -571,6 +565,7 @@ func (r *Runner) goStreamCase(name string, rate int) Case {
 func (r *Runner) goStalledCase() Case {
 	return Case{
 		Name:    "go-stalled-killed",
+		NoBench: true,
 		Desc:    "a Go receiver stalls after accepting, the Go sender fills the path and blocks, then the receiver is killed",
 		Pods:    2,
 		Timeout: time.Minute,
@@ -625,7 +620,6 @@ func (r *Runner) goProxyCase() Case {
 		Pods:    3,
 		Tools:   []string{"nc", "md5sum"},
 		Timeout: 2 * time.Minute,
-		Bench:   true,
 		Run: func(ctx context.Context, e *Env) (Observed, error) {
 			f1, s1, err := upData()
 			if err != nil {

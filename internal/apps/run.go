@@ -37,9 +37,9 @@ type Case struct {
 	// It returns once every client finished; servers it started with
 	// env.Start are stopped by the runner.
 	Run func(ctx context.Context, env *Env) (Observed, error)
-	// Bench marks the cases the benchmark measures: bulk transfers whose
-	// CPU per byte means something.
-	Bench bool
+	// NoBench keeps the case out of the benchmark: it measures no
+	// transfer (its point is an error or a state).
+	NoBench bool
 }
 
 // Observed is what the applications of a run saw.

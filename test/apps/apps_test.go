@@ -1,8 +1,3 @@
-// Package apps runs Patu's real-application suite (internal/apps) as the
-// e2e tier's test: every case on the bridge path and on Patu's default
-// packet path (PATU_APPS_PATHS=patu,patu-socket adds the socket path),
-// compared run by run. Sizes are scaled down (PATU_APPS_SCALE, default 2)
-// so that the suite fits CI; nothing is paced.
 package apps
 
 import (

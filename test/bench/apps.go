@@ -79,7 +79,7 @@ func appsSection(ctx context.Context, w io.Writer, log *slog.Logger, cfg config,
 	defer r.Close()
 	var cases []apps.Case
 	for _, c := range r.Cases() {
-		if c.Bench {
+		if !c.NoBench {
 			cases = append(cases, c)
 		}
 	}
