@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/patu-dev/patu/bpf"
@@ -65,6 +66,9 @@ type Outcome struct {
 	// every check that needs no other path.
 	Errors []string `json:"errors,omitempty"`
 	Stats  Stats    `json:"stats"`
+	// LoadAvg is /proc/loadavg before the run: the kernel CPU figures are
+	// the whole machine's, so others' load shows here.
+	LoadAvg string `json:"loadavg"`
 }
 
 // Failed reports whether the run failed a check of its own.
@@ -90,6 +94,9 @@ const settle = 5 * time.Second
 // everything created is removed.
 func (r *Runner) Run(ctx context.Context, c Case, p Path) Outcome {
 	o := Outcome{Case: c.Name, Path: p}
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		o.LoadAvg = strings.TrimSpace(string(b))
+	}
 	r.log.Info("app case", "case", c.Name, "path", p)
 	if c.Prepare != nil {
 		if err := c.Prepare(ctx); err != nil {
