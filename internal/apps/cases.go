@@ -8,8 +8,11 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/patu-dev/patu/internal/testnet"
 )
 
 // Cases returns the suite's cases, sized by r's Scale.
@@ -268,9 +271,9 @@ func (r *Runner) socatCase() Case {
 	return Case{
 		Name:    "socat",
 		Prepare: func(context.Context) error { return prepare(up, down) },
-		Desc:    fmt.Sprintf("socat relays between two nc: %s one way, %s back", sizeName(size), sizeName(back)),
+		Desc:    fmt.Sprintf("socat relays between socat client and server: %s one way, %s back at once", sizeName(size), sizeName(back)),
 		Pods:    3,
-		Tools:   []string{"socat", "nc", "md5sum"},
+		Tools:   []string{"socat", "md5sum"},
 		Timeout: 2 * time.Minute,
 		Run: func(ctx context.Context, e *Env) (Observed, error) {
 			f1, s1, err := up()
@@ -281,14 +284,14 @@ func (r *Runner) socatCase() Case {
 			if err != nil {
 				return Observed{}, err
 			}
-			be, err := e.Sh(e.Pods[2], fmt.Sprintf("nc -l -N %s 9003 < %s | md5sum", e.Pods[2].IPv4, f2))
+			be, err := e.backend(e.Pods[2], 9003, f2)
 			if err != nil {
 				return Observed{}, err
 			}
-			if err := e.Listen(ctx, be, 9003); err != nil {
+			if err := e.Listen(ctx, be.Proc, 9003); err != nil {
 				return Observed{}, err
 			}
-			relay, err := e.Start(e.Pods[1], "socat", fmt.Sprintf("TCP-LISTEN:9002,bind=%s,reuseaddr", e.Pods[1].IPv4),
+			relay, err := e.Start(e.Pods[1], "socat", "-t", halfClose, fmt.Sprintf("TCP-LISTEN:9002,bind=%s,reuseaddr", e.Pods[1].IPv4),
 				fmt.Sprintf("TCP:%s:9003", e.Pods[2].IPv4))
 			if err != nil {
 				return Observed{}, err
@@ -296,11 +299,11 @@ func (r *Runner) socatCase() Case {
 			if err := e.Listen(ctx, relay, 9002); err != nil {
 				return Observed{}, err
 			}
-			got, err := e.RunSh(ctx, e.Pods[0], fmt.Sprintf("nc -N %s 9002 < %s | md5sum", e.Pods[1].IPv4, f1))
+			got, err := e.RunSh(ctx, e.Pods[0], fmt.Sprintf("socat -t %s - TCP:%s:9002 < %s | md5sum", halfClose, e.Pods[1].IPv4, f1))
 			if err != nil {
 				return Observed{}, err
 			}
-			up, err := be.Wait(ctx)
+			up, err := be.wait(ctx)
 			if err != nil {
 				return Observed{}, err
 			}
@@ -616,7 +619,7 @@ func (r *Runner) goProxyCase() Case {
 	return Case{
 		Name:    "goproxy",
 		Prepare: func(context.Context) error { return prepare(upData, downData) },
-		Desc:    fmt.Sprintf("a Go proxy reads a header line, then io.Copy (splice) between two TCPConns; nc to nc, %s each way", sizeName(up)),
+		Desc:    fmt.Sprintf("a Go proxy reads a header line, then io.Copy (splice) between two TCPConns; socat client and server, %s each way at once", sizeName(up)),
 		Pods:    3,
 		Tools:   []string{"nc", "md5sum"},
 		Timeout: 2 * time.Minute,
@@ -629,11 +632,11 @@ func (r *Runner) goProxyCase() Case {
 			if err != nil {
 				return Observed{}, err
 			}
-			be, err := e.Sh(e.Pods[2], fmt.Sprintf("nc -l -N %s 9011 < %s | md5sum", e.Pods[2].IPv4, f2))
+			be, err := e.backend(e.Pods[2], 9011, f2)
 			if err != nil {
 				return Observed{}, err
 			}
-			if err := e.Listen(ctx, be, 9011); err != nil {
+			if err := e.Listen(ctx, be.Proc, 9011); err != nil {
 				return Observed{}, err
 			}
 			px, err := e.Start(e.Pods[1], r.proxyBin, "-listen", netip.AddrPortFrom(e.Pods[1].IPv4, 9010).String())
@@ -643,12 +646,12 @@ func (r *Runner) goProxyCase() Case {
 			if err := e.Listen(ctx, px, 9010); err != nil {
 				return Observed{}, err
 			}
-			got, err := e.RunSh(ctx, e.Pods[0], fmt.Sprintf("{ echo %s:9011; cat %s; } | nc -N %s 9010 | md5sum",
-				e.Pods[2].IPv4, f1, e.Pods[1].IPv4))
+			got, err := e.RunSh(ctx, e.Pods[0], fmt.Sprintf("{ echo %s:9011; cat %s; } | socat -t %s - TCP:%s:9010 | md5sum",
+				e.Pods[2].IPv4, f1, halfClose, e.Pods[1].IPv4))
 			if err != nil {
 				return Observed{}, err
 			}
-			back, err := be.Wait(ctx)
+			back, err := be.wait(ctx)
 			if err != nil {
 				return Observed{}, err
 			}
@@ -669,4 +672,38 @@ func baseName(p string) string {
 func lastLine(s string) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	return strings.TrimSpace(lines[len(lines)-1])
+}
+
+// halfClose is socat's -t: how long it keeps the other direction going
+// after one ended. Its default (0.5 s) cuts a slower direction short, and
+// openbsd nc -l stops sending at the network's EOF: both would truncate a
+// transfer whose directions end at different times, on any path.
+const halfClose = "600"
+
+// backendProc is a socat server that sends a file and checksums what it
+// receives, both directions at once.
+type backendProc struct {
+	*Proc
+	sumFile string
+}
+
+// backend starts a backendProc in pod p on port that sends file.
+func (e *Env) backend(p *testnet.Pod, port int, file string) (*backendProc, error) {
+	sum := filepath.Join(e.Dir, fmt.Sprintf("received-%d.md5", port))
+	pr, err := e.Start(p, "socat", "-t", halfClose, fmt.Sprintf("TCP-LISTEN:%d,bind=%s,reuseaddr", port, p.IPv4),
+		fmt.Sprintf("SYSTEM:cat %s & md5sum > %s; wait", file, sum))
+	if err != nil {
+		return nil, err
+	}
+	return &backendProc{Proc: pr, sumFile: sum}, nil
+}
+
+// wait waits for the backend to exit and returns the checksum of what it
+// received, as md5sum prints it.
+func (b *backendProc) wait(ctx context.Context) (string, error) {
+	if _, err := b.Wait(ctx); err != nil {
+		return "", err
+	}
+	out, err := os.ReadFile(b.sumFile)
+	return string(out), err
 }
