@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"os"
 	"strings"
 	"time"
 
@@ -15,7 +16,7 @@ import (
 // The real-application section (-only apps, and the last section of a
 // full run): the cases of internal/apps at their full sizes, on the
 // bridge path and on Patu's (PATU_APPS_PATHS adds patu-socket),
-// interleaved in rounds. For each case it prints the node's kernel CPU
+// interleaved in rounds (PATU_APPS_CASES picks cases by name). For each case it prints the node's kernel CPU
 // (system + irq + softirq, all CPUs) and the applications' throughput
 // against the bridge path's, and the share of the bytes Patu carried.
 
@@ -77,11 +78,21 @@ func appsSection(ctx context.Context, w io.Writer, log *slog.Logger, cfg config,
 		return err
 	}
 	defer r.Close()
+	// PATU_APPS_CASES (comma-separated names) picks some of the cases.
+	pick := map[string]bool{}
+	for _, n := range strings.Split(os.Getenv("PATU_APPS_CASES"), ",") {
+		if n = strings.TrimSpace(n); n != "" {
+			pick[n] = true
+		}
+	}
 	var cases []apps.Case
 	for _, c := range r.Cases() {
-		if !c.NoBench {
+		if !c.NoBench && (len(pick) == 0 || pick[c.Name]) {
 			cases = append(cases, c)
 		}
+	}
+	if len(cases) == 0 {
+		return fmt.Errorf("apps: PATU_APPS_CASES=%q names no case", os.Getenv("PATU_APPS_CASES"))
 	}
 	if miss := apps.Missing(cases); len(miss) > 0 {
 		return fmt.Errorf("apps: programs missing: %s (run hack/apps-deps.sh)", strings.Join(miss, ", "))
