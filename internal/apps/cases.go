@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -325,7 +326,7 @@ func (r *Runner) pythonCase() Case {
 	each := r.size(8 << 20)
 	return Case{
 		Name:    "python",
-		Desc:    fmt.Sprintf("Python 3 blocking sockets, a reader and a writer thread per connection, %s each way, %d connections", sizeName(each), conns),
+		Desc:    fmt.Sprintf("Python 3 blocking sockets, a reader and a writer thread per connection, %s each way, %d connections (IPv6)", sizeName(each), conns),
 		Pods:    2,
 		Tools:   []string{"python3"},
 		Timeout: 3 * time.Minute,
@@ -334,25 +335,7 @@ func (r *Runner) pythonCase() Case {
 			if err != nil {
 				return Observed{}, err
 			}
-			args := func(mode string) []string {
-				return []string{script, mode, e.Pods[1].IPv6.String(), "9006", fmt.Sprint(conns), fmt.Sprint(each)}
-			}
-			srv, err := e.Start(e.Pods[1], "python3", args("server")...)
-			if err != nil {
-				return Observed{}, err
-			}
-			if err := e.Listen(ctx, srv, 9006); err != nil {
-				return Observed{}, err
-			}
-			out, err := e.Run(ctx, e.Pods[0], "python3", args("client")...)
-			if err != nil {
-				return Observed{Digest: lastLine(out)}, err
-			}
-			sout, err := srv.Wait(ctx)
-			if err != nil {
-				return Observed{Digest: lastLine(out)}, err
-			}
-			return Observed{Digest: lastLine(out) + "; server: " + lastLine(sout), Payload: 2 * conns * each}, nil
+			return e.duplex(ctx, duplexRun{prog: "python3", args: []string{script}, addr: e.Pods[1].IPv6, port: 9006, conns: conns, each: each})
 		},
 	}
 }
@@ -371,29 +354,46 @@ func (r *Runner) javaCase() Case {
 			if err != nil {
 				return Observed{}, err
 			}
-			args := func(mode string) []string {
-				// Start-up matters more than peak speed here.
-				return []string{"-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Xss512k", src, mode,
-					e.Pods[1].IPv4.String(), "9007", fmt.Sprint(conns), fmt.Sprint(each)}
-			}
-			srv, err := e.Start(e.Pods[1], "java", args("server")...)
-			if err != nil {
-				return Observed{}, err
-			}
-			if err := e.Listen(ctx, srv, 9007); err != nil {
-				return Observed{}, err
-			}
-			out, err := e.Run(ctx, e.Pods[0], "java", args("client")...)
-			if err != nil {
-				return Observed{Digest: lastLine(out)}, err
-			}
-			sout, err := srv.Wait(ctx)
-			if err != nil {
-				return Observed{Digest: lastLine(out)}, err
-			}
-			return Observed{Digest: lastLine(out) + "; server: " + lastLine(sout), Payload: 2 * conns * each}, nil
+			// Start-up matters more than peak speed here.
+			return e.duplex(ctx, duplexRun{prog: "java", args: []string{"-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Xss512k", src},
+				addr: e.Pods[1].IPv4, port: 9007, conns: conns, each: each})
 		},
 	}
+}
+
+// duplexRun is a program that takes "server|client ADDR PORT CONNS BYTES"
+// after its own arguments, moves BYTES each way on CONNS connections and
+// prints a last line saying how many were intact (duplex.py,
+// BlockingStreams.java).
+type duplexRun struct {
+	prog        string
+	args        []string
+	addr        netip.Addr
+	port, conns int
+	each        int64
+}
+
+// duplex runs d's server in pod 1 and its client in pod 0.
+func (e *Env) duplex(ctx context.Context, d duplexRun) (Observed, error) {
+	args := func(mode string) []string {
+		return append(slices.Clone(d.args), mode, d.addr.String(), fmt.Sprint(d.port), fmt.Sprint(d.conns), fmt.Sprint(d.each))
+	}
+	srv, err := e.Start(e.Pods[1], d.prog, args("server")...)
+	if err != nil {
+		return Observed{}, err
+	}
+	if err := e.Listen(ctx, srv, d.port); err != nil {
+		return Observed{}, err
+	}
+	out, err := e.Run(ctx, e.Pods[0], d.prog, args("client")...)
+	if err != nil {
+		return Observed{Digest: lastLine(out)}, err
+	}
+	sout, err := srv.Wait(ctx)
+	if err != nil {
+		return Observed{Digest: lastLine(out)}, err
+	}
+	return Observed{Digest: lastLine(out) + "; server: " + lastLine(sout), Payload: 2 * int64(d.conns) * d.each}, nil
 }
 
 func (r *Runner) redisCase() Case {

@@ -17,66 +17,50 @@ import (
 // directory, made once and kept for every run: the same bytes on every
 // path. Its md5 is returned too.
 func (r *Runner) dataFile(name string, size int64) (path, sum string, err error) {
-	key := fmt.Sprintf("%s-%d", name, size)
-	if p, ok := r.files[key]; ok {
-		return p, r.files[key+".md5"], nil
-	}
-	dir := filepath.Join(r.dir, "data")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", "", err
-	}
-	path = filepath.Join(dir, key)
-	f, err := os.Create(path)
-	if err != nil {
-		return "", "", err
-	}
-	h := md5.New()
-	w := bufio.NewWriterSize(io.MultiWriter(f, h), 1<<20)
-	rng := rand.NewChaCha8(seed(key))
-	if _, err := io.CopyN(w, rng, size); err != nil {
-		f.Close()
-		return "", "", fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := w.Flush(); err != nil {
-		f.Close()
-		return "", "", fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return "", "", err
-	}
-	sum = hex.EncodeToString(h.Sum(nil))
-	r.files[key], r.files[key+".md5"] = path, sum
-	return path, sum, nil
+	return r.makeFile(fmt.Sprintf("%s-%d", name, size), func(w io.Writer, src *rand.ChaCha8) error {
+		_, err := io.CopyN(w, src, size)
+		return err
+	})
 }
 
 // textFile is dataFile for line-oriented data made by gen: lines of
 // printable text (COPY rows, redis values).
 func (r *Runner) textFile(name string, lines int, gen func(i int, rng *rand.Rand) string) (path, sum string, err error) {
-	key := fmt.Sprintf("%s-%d", name, lines)
+	return r.makeFile(fmt.Sprintf("%s-%d", name, lines), func(w io.Writer, src *rand.ChaCha8) error {
+		rng := rand.New(src)
+		for i := range lines {
+			if _, err := io.WriteString(w, gen(i, rng)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// makeFile makes the data file key with fill, seeded by key, once.
+func (r *Runner) makeFile(key string, fill func(io.Writer, *rand.ChaCha8) error) (path, sum string, err error) {
 	if p, ok := r.files[key]; ok {
 		return p, r.files[key+".md5"], nil
 	}
-	dir := filepath.Join(r.dir, "data")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(r.dataDir(), 0o755); err != nil {
 		return "", "", err
 	}
-	path = filepath.Join(dir, key)
+	path = filepath.Join(r.dataDir(), key)
 	f, err := os.Create(path)
 	if err != nil {
 		return "", "", err
 	}
 	h := md5.New()
 	w := bufio.NewWriterSize(io.MultiWriter(f, h), 1<<20)
-	rng := rand.New(rand.NewChaCha8(seed(key)))
-	for i := range lines {
-		w.WriteString(gen(i, rng))
+	err = fill(w, rand.NewChaCha8(seed(key)))
+	if err == nil {
+		err = w.Flush()
 	}
-	if err := w.Flush(); err != nil {
-		f.Close()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		return "", "", fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return "", "", err
 	}
 	sum = hex.EncodeToString(h.Sum(nil))
 	r.files[key], r.files[key+".md5"] = path, sum
