@@ -92,10 +92,11 @@ func (r *Runner) SelfTestCases() []Case {
 			},
 		},
 		{
-			// Applications that never finish: the hang check must fail.
-			Name: "selftest-hang", Pods: 2, Timeout: 3 * time.Second, Tools: []string{"sleep"},
+			// Applications that never finish: the hang check must fail,
+			// also when the stuck program's children hold its output.
+			Name: "selftest-hang", Pods: 2, Timeout: 3 * time.Second, Tools: []string{"sleep", "cat"},
 			Run: func(ctx context.Context, e *Env) (Observed, error) {
-				_, err := e.Run(ctx, e.Pods[0], "sleep", "600")
+				_, err := e.RunSh(ctx, e.Pods[0], "sleep 600 | cat")
 				return Observed{Digest: "slept"}, err
 			},
 		},

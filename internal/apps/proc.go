@@ -59,6 +59,10 @@ func (e *Env) Start(p *testnet.Pod, name string, args ...string) (*Proc, error) 
 		pr.Name = "sh -c " + firstWords(args[1], 4)
 	}
 	cmd.Stdout, cmd.Stderr = &pr.stdout, &pr.stderr
+	// A child that outlives the program (a pipeline's socat after its
+	// shell was killed) keeps the output pipes open: without a bound,
+	// Wait would wait for it, and a hang would hang the suite.
+	cmd.WaitDelay = 2 * time.Second
 	cmd.Dir = e.Dir
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s in %s: %w", pr.Name, p.Name, err)
@@ -87,7 +91,9 @@ func (pr *Proc) Wait(ctx context.Context) (string, error) {
 	select {
 	case <-pr.done:
 	case <-ctx.Done():
+		// The whole pod's processes: the program's children too.
 		pr.cmd.Process.Kill()
+		killCgroup(pr.pod.CgroupDir)
 		<-pr.done
 		return pr.stdout.String(), fmt.Errorf("%s in %s: %w (stderr: %s)", pr.Name, pr.pod.Name, ctx.Err(), tail(pr.stderr.String()))
 	}
