@@ -138,12 +138,14 @@ func (r *Runner) runCase(ctx context.Context, c Case, t *topo, o *Outcome) {
 	o.Took = time.Since(start)
 	hung := cctx.Err() != nil && ctx.Err() == nil
 	cancel()
-	// The applications close: servers get SIGTERM, then SIGKILL.
-	env.stopAll()
+	// The counters before the servers stop: the node's CPU is read for
+	// the whole machine, so the window is kept to the transfer.
 	after, err := t.snapshot()
 	if err != nil {
 		o.fail("read counters: %v", err)
 	}
+	// The applications close: servers get SIGTERM, then SIGKILL.
+	env.stopAll()
 	o.Observed = obs
 	o.Stats = after.sub(before)
 	switch {
