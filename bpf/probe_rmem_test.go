@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"fmt"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -29,4 +30,14 @@ func TestRedirectCharged(t *testing.T) {
 	if got != want {
 		t.Errorf("kernel %s: redirected bytes charged %v, want %v", release, got, want)
 	}
+}
+
+// releaseAtLeast says whether a kernel release is major.minor or newer:
+// only to check the probe against what the release promises.
+func releaseAtLeast(release string, major, minor int) (bool, error) {
+	var maj, min int
+	if _, err := fmt.Sscanf(release, "%d.%d", &maj, &min); err != nil {
+		return false, fmt.Errorf("parse kernel release %q: %w", release, err)
+	}
+	return maj > major || (maj == major && min >= minor), nil
 }
