@@ -11,6 +11,7 @@ import (
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 )
 
 // Names of the kernel features Patu probes. Each is found by trying it
@@ -100,6 +101,7 @@ func ProbeFeatures(opts ProbeOptions) Features {
 		}
 		fs = append(fs, Feature{Name: name, On: true, Reason: on})
 	}
+	ensureTracefs()
 	kspec, kerr := btf.LoadKernelSpec()
 	if kerr != nil {
 		kerr = fmt.Errorf("no kernel BTF (CONFIG_DEBUG_INFO_BTF): %w", kerr)
@@ -271,7 +273,7 @@ func tryTracing(kspec *btf.Spec, at ebpf.AttachType) error {
 		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
 	})
 	if err != nil {
-		return fmt.Errorf("program does not load: %w", err)
+		return fmt.Errorf("the kernel refuses the program: %w", err)
 	}
 	defer p.Close()
 	l, err := link.AttachTracing(link.TracingOptions{Program: p})
@@ -304,4 +306,16 @@ func tryLSM(kspec *btf.Spec) error {
 		return fmt.Errorf("does not attach: %w", err)
 	}
 	return l.Close()
+}
+
+// ensureTracefs mounts tracefs where it is not mounted, as patu load
+// mounts bpffs: kprobes and tracepoints are attached through it.
+func ensureTracefs() {
+	const dir = "/sys/kernel/tracing"
+	if _, err := os.Stat(dir + "/events"); err == nil {
+		return
+	}
+	if _, err := os.Stat(dir); err == nil {
+		unix.Mount("tracefs", dir, "tracefs", 0, "")
+	}
 }
