@@ -76,6 +76,7 @@ func (d *Datapath) loadXDP(opts Options) error {
 		"ct_established_ms": opts.ConntrackEstablished,
 		"ct_refresh_ns":     uint64(opts.ConntrackRefresh.Nanoseconds()),
 		"close_grace_ns":    uint64(opts.CloseGrace.Nanoseconds()),
+		"ct_kfuncs":         boolByte(d.features.On(FeatureConntrackKfuncs)),
 	} {
 		if err := spec.Variables[name].Set(v); err != nil {
 			return fmt.Errorf("set %s: %w", name, err)
