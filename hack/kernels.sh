@@ -20,7 +20,8 @@
 # Environment: KX_CACHE (default /var/cache/patu-e2e/kernels), KX_TIMEOUT
 # (s per guest, default 900), KX_REFRESH=1 (look for newer kernels with apt),
 # KX_HOST=0 (skip the host's line), KX_ONLY=6.1 (only kernels whose release
-# starts so), KX_RUNLIST=file (another run list; @BIN@ is the binaries' dir).
+# starts so), KX_RUNLIST=file (another run list; @BIN@ is the binaries' dir),
+# KX_FETCH_ONLY=1 (download and unpack the kernels, run nothing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
@@ -307,7 +308,11 @@ summarize() {
 		p=$((p + $(grep -cE '^--- PASS' "$log" || true)))
 		f=$((f + $(grep -cE '^--- FAIL' "$log" || true)))
 		s=$((s + $(grep -cE '^--- SKIP' "$log" || true)))
-		while IFS= read -r r; do reasons+=("$r"); done < <(awk '/^--- SKIP/ {t=$3; getline; sub(/^ +[^ ]+: /, ""); print t ": " $0}' "$log")
+		# go test -v prints a skip's message before its --- SKIP line;
+		# subtests' skips (a path off on this kernel) are named too.
+		while IFS= read -r r; do reasons+=("$r"); done < <(awk '
+			/^ *--- SKIP/ {t=$3; r=last; sub(/^ +[^ ]+\.go:[0-9]+: /, "", r); if (!seen[r]++) print t ": " r; next}
+			/^ +[^ ]+\.go:[0-9]+: / {last=$0}' "$log")
 		while IFS= read -r r; do FAILED+=("$kver $n $r"); done < <(grep -oE '^--- FAIL: \S+' "$log" | cut -d' ' -f3)
 		if ! grep -qE '^exit 0 ' "$log" && ! grep -qE '^--- FAIL' "$log"; then
 			f=$((f + 1))
@@ -330,15 +335,18 @@ need
 mkdir -p "$CACHE"
 RUN=$(mktemp -d "$CACHE/run.XXXX")
 chmod 755 "$RUN"
-echo "kernels: building the test binaries (linux/$GOARCH_, static)"
-build
+if [ "${KX_FETCH_ONLY:-0}" != 1 ]; then
+	echo "kernels: building the test binaries (linux/$GOARCH_, static)"
+	build
+fi
 for suite in "${SUITES[@]}"; do
 	name=$(resolve "$suite")
 	[ -z "${KX_ONLY:-}" ] || [[ $name == linux-image-$KX_ONLY[.-]* ]] || continue
 	fetch "$name"
+	[ "${KX_FETCH_ONLY:-0}" = 1 ] && continue
 	guest "$name"
 done
-if [ "${KX_HOST:-1}" != 0 ] && [ "$ARCH" = "$(dpkg --print-architecture)" ]; then
+if [ "${KX_HOST:-1}" != 0 ] && [ "${KX_FETCH_ONLY:-0}" != 1 ] && [ "$ARCH" = "$(dpkg --print-architecture)" ]; then
 	hout=$RUN/host/out
 	mkdir -p "$hout"
 	write_runlist "$RUN/host/run.list"
