@@ -217,6 +217,7 @@ build() {
 	env "${env[@]}" go test -c -trimpath -o "$RUN/bin/bpf.test" ./bpf
 	env "${env[@]}" go test -c -trimpath -o "$RUN/bin/integration.test" ./test/integration
 	env "${env[@]}" go build -trimpath -o "$RUN/bin/patu-testpeer" ./test/peer
+	go build -o "$RUN/bin/summarize" ./hack/kernels/summarize
 }
 
 # deps MODDIR MOD...: the module files (relative to MODDIR) that MODs need,
@@ -296,40 +297,28 @@ guest() {
 }
 
 # summarize KVER OUTDIR SECONDS WHERE: one line for a kernel from the test
-# logs; every top-level test counts once, a binary that did not finish
-# counts as a failure.
+# logs (hack/kernels/summarize).
 summarize() {
-	local kver=$1 out=$2 took=$3 where=$4
-	local p=0 f=0 s=0 reasons=() log n
+	local kver=$1 out=$2 took=$3 where=$4 log line
 	for log in "$out"/*.log; do
 		[ -e "$log" ] || continue
 		[ "$(basename "$log")" = modprobe.log ] && continue
-		n=$(basename "$log" .log)
-		p=$((p + $(grep -cE '^--- PASS' "$log" || true)))
-		f=$((f + $(grep -cE '^--- FAIL' "$log" || true)))
-		s=$((s + $(grep -cE '^--- SKIP' "$log" || true)))
-		# go test -v prints a skip's message before its --- SKIP line;
-		# subtests' skips (a path off on this kernel) are named too.
-		while IFS= read -r r; do reasons+=("$r"); done < <(awk '
-			/^ *--- SKIP/ {t=$3; r=last; sub(/^ +[^ ]+\.go:[0-9]+: /, "", r); if (!seen[r]++) print t ": " r; next}
-			/^ +[^ ]+\.go:[0-9]+: / {last=$0}' "$log")
-		while IFS= read -r r; do FAILED+=("$kver $n $r"); done < <(grep -oE '^--- FAIL: \S+' "$log" | cut -d' ' -f3)
-		if ! grep -qE '^exit 0 ' "$log" && ! grep -qE '^--- FAIL' "$log"; then
-			f=$((f + 1))
-			reasons+=("$n: did not finish ($(grep -E '^(exit|panic)' "$log" | head -1))")
-			FAILED+=("$kver $n (did not finish)")
-		fi
+		go tool test2json -t <"$log" >"${log%.log}.json"
 	done
-	[ -n "$(ls "$out"/*.log 2>/dev/null | grep -v modprobe)" ] || { f=$((f + 1)); reasons+=("no test ran"); }
-	local why=""
-	[ ${#reasons[@]} -gt 0 ] && why=" ($(printf '%s; ' "${reasons[@]}" | sed 's/; $//'))"
-	LINES+=("kernel $kver: $p passed, $f failed, $s skipped$why [$where, ${took} s]")
-	[ $f = 0 ] || STATUS=1
+	if line=$("$RUN/bin/summarize" -kernel "$kver" -where "$where, ${took} s" "$out"); then
+		LINES+=("$line")
+	else
+		LINES+=("$line")
+		STATUS=1
+		mkdir -p "$CACHE/last-failed"
+		rm -rf "$CACHE/last-failed/$kver"
+		cp -r "$out" "$CACHE/last-failed/$kver"
+		echo "kernels: $kver failed; its logs are kept in $CACHE/last-failed/$kver"
+	fi
 }
 
 STATUS=0
 LINES=()
-FAILED=()
 t_all=$SECONDS
 need
 mkdir -p "$CACHE"
@@ -355,17 +344,10 @@ if [ "${KX_HOST:-1}" != 0 ] && [ "${KX_FETCH_ONLY:-0}" != 1 ] && [ "$ARCH" = "$(
 	while read -r name bin args; do
 		# Own names on the shared host: test topologies, pins and cgroups
 		# carry the kx prefix.
-		PATU_TEST_PREFIX=kx PATU_TESTPEER=$RUN/bin/patu-testpeer "$bin" -test.v -test.count=1 $args >"$hout/$name.log" 2>&1
-		echo "exit $? after 0 s" >>"$hout/$name.log"
+		PATU_TEST_PREFIX=kx PATU_TESTPEER=$RUN/bin/patu-testpeer "$bin" -test.v=test2json -test.count=1 $args >"$hout/$name.log" 2>&1
+		echo $? >"$hout/$name.exit"
 	done <"$RUN/host/run.list"
 	summarize "$(uname -r)" "$hout" $((SECONDS - t0)) "host"
-fi
-if [ ${#FAILED[@]} -gt 0 ]; then
-	mkdir -p "$CACHE/last-failed"
-	rm -rf "$CACHE/last-failed"/*
-	for d in "$RUN"/*/out; do cp -r "$d" "$CACHE/last-failed/$(basename "$(dirname "$d")")"; done
-	echo "kernels: logs of the failed runs kept in $CACHE/last-failed"
-	printf '  failed: %s\n' "${FAILED[@]}"
 fi
 echo
 echo "kernel matrix ($ARCH; this machine: $(nproc) CPUs, $((SECONDS - t_all)) s):"
