@@ -305,15 +305,17 @@ summarize() {
 		[ "$(basename "$log")" = modprobe.log ] && continue
 		go tool test2json -t <"$log" >"${log%.log}.json"
 	done
+	# The last run's logs stay for a look (the features each kernel has
+	# are in bpf.log); the rest of the scratch goes.
+	mkdir -p "$CACHE/last-run"
+	rm -rf "$CACHE/last-run/$kver"
+	cp -r "$out" "$CACHE/last-run/$kver"
 	if line=$("$RUN/bin/summarize" -kernel "$kver" -where "$where, ${took} s" "$out"); then
 		LINES+=("$line")
 	else
 		LINES+=("$line")
 		STATUS=1
-		mkdir -p "$CACHE/last-failed"
-		rm -rf "$CACHE/last-failed/$kver"
-		cp -r "$out" "$CACHE/last-failed/$kver"
-		echo "kernels: $kver failed; its logs are kept in $CACHE/last-failed/$kver"
+		echo "kernels: $kver failed; its logs are kept in $CACHE/last-run/$kver"
 	fi
 }
 
