@@ -45,8 +45,8 @@ type Options struct {
 	ConntrackEstablished uint32
 	// ConntrackRefresh is how often an open flow's conntrack entry is
 	// given that timeout again (default 30 s); CloseGrace how long a
-	// closed flow stays on the local path, and its conntrack entry, after
-	// RST or the second FIN (default 10 s).
+	// closed flow stays on the local path after RST or the second FIN
+	// (default 10 s; its conntrack entry ends at once).
 	ConntrackRefresh, CloseGrace time.Duration
 	// BigTCP is the GSO size registration sets on each pod's interface
 	// (BIG TCP: fewer, larger packets between pods), 0 to leave pods

@@ -178,8 +178,8 @@ type LocalCounters struct {
 	AdmittedNAT uint64 `json:"admitted_nat"`
 	NotMatched  uint64 `json:"not_matched"`
 	NATFailed   uint64 `json:"nat_failed"`
-	// Conntrack upkeep: entries kept alive, given the closing grace, and
-	// lookups that found no entry.
+	// Conntrack upkeep: entries kept alive, ended at close, and lookups
+	// that found no entry.
 	ConntrackRefresh uint64 `json:"conntrack_refresh"`
 	ConntrackClose   uint64 `json:"conntrack_close"`
 	ConntrackMissing uint64 `json:"conntrack_missing"`

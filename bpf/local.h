@@ -26,9 +26,13 @@
  * Conntrack then sees nothing of the flow, so everything of an admitted
  * flow must stay on this path until it ends: a later packet through
  * netfilter would be out of its window (INVALID, which kube-proxy drops).
- * Hence a plain hash (never evicted) for admitted flows, the conntrack
- * entry kept alive while the flow is, and at RST or the second FIN both
- * the flow and its conntrack entry given a short grace to finish.
+ * Hence a plain hash (never evicted) for admitted flows, and the conntrack
+ * entry kept alive while the flow is. At RST or the second FIN the flow
+ * keeps this path for a short grace (the last ACK, packets in flight), and
+ * its conntrack entry ends at once: conntrack never saw the FINs that would
+ * have taken it to TIME_WAIT, and an entry left ESTABLISHED would outlive
+ * the connection for nothing. Nothing of the flow reaches netfilter during
+ * the grace, and a new connection on the same ports starts a new entry.
  */
 #ifndef PATU_LOCAL_H
 #define PATU_LOCAL_H
@@ -116,7 +120,7 @@ enum local_counter {
 	LC_EXPIRED,          /* closed flows removed by the program after their grace */
 	LC_WRONG_VETH,       /* a flow's packet entered by another veth: normal path */
 	LC_CT_REFRESH,       /* conntrack entries kept alive */
-	LC_CT_CLOSE,         /* conntrack entries given the closing grace */
+	LC_CT_CLOSE,         /* conntrack entries ended at close */
 	LC_CT_MISSING,       /* conntrack had no entry for an admitted flow */
 	LC_REDIRECT_BIG,     /* packets over 64 KiB carried (BIG TCP) */
 	LC_ADMIT_NAT,        /* connections admitted through a destination translation */
@@ -281,7 +285,9 @@ static __always_inline void ct_set_timeout(struct __sk_buff *skb, const struct l
 	lcount(counter, 1);
 }
 
-/* Both directions of an admitted flow go on closing, with the grace. */
+/* Both directions of an admitted flow go on closing, with the grace; the
+ * conntrack entry ends now (a timeout of 0 expires it: conntrack drops
+ * expired entries on lookup, dump and garbage collection). */
 static __always_inline void local_close(struct __sk_buff *skb, struct local_flow *f, const struct local_key *k,
 					int v4, __u64 now, __u32 counter)
 {
@@ -299,7 +305,7 @@ static __always_inline void local_close(struct __sk_buff *skb, struct local_flow
 		r->expires = f->expires;
 	}
 	lcount(counter, 1);
-	ct_set_timeout(skb, k, v4, (__u32)(close_grace_ns / 1000000), LC_CT_CLOSE);
+	ct_set_timeout(skb, k, v4, 0, LC_CT_CLOSE);
 }
 
 /* Admits the connection whose client direction is k (as the client sends

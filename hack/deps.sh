@@ -8,6 +8,7 @@ pkgs=(
 	iproute2 ethtool                     # test topologies
 	iptables                             # the XDP benchmark's realistic node path (internal/nodepath)
 	conntrack                            # tests: what the packet path leaves in conntrack
+	ipvsadm                              # tests: kube-proxy IPVS mode, where the kernel has IPVS (the kernel matrix)
 	sockperf iperf3                      # benchmarks
 )
 

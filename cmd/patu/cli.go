@@ -485,7 +485,7 @@ func writeLocal(out io.Writer, l LocalStatus) {
 	fmt.Fprintf(tw, "  directions open / closing\t%d / %d\n", l.Open, l.Closing)
 	fmt.Fprintf(tw, "  pod to pod\t%d packets\t%d bytes\t(%d packets over 64 KiB: BIG TCP)\n", c.RedirectPackets, c.RedirectBytes, c.RedirectBig)
 	fmt.Fprintf(tw, "  closed\t%d FIN, %d RST\t(%d expired after the grace)\n", c.ClosedFIN, c.ClosedRST, c.Expired)
-	fmt.Fprintf(tw, "  conntrack\t%d kept alive, %d given the closing grace, %d without entry\n", c.ConntrackRefresh, c.ConntrackClose, c.ConntrackMissing)
+	fmt.Fprintf(tw, "  conntrack\t%d kept alive, %d ended at close, %d without entry\n", c.ConntrackRefresh, c.ConntrackClose, c.ConntrackMissing)
 	if c.WrongVeth > 0 {
 		fmt.Fprintf(tw, "  packets by another veth\t%d\t(left to the normal path)\n", c.WrongVeth)
 	}

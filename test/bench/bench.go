@@ -57,6 +57,28 @@ type cell struct {
 	Rate int `json:"rate,omitempty"`
 	// CPU pins client and server to one CPU; -1 lets the scheduler place them.
 	CPU int `json:"cpu"`
+	// Via is how the client reaches the server: "" its pod address, or
+	// through a Service (the services section).
+	Via via `json:"via,omitempty"`
+}
+
+// via is the address a cell's client dials.
+type via string
+
+const (
+	viaPod       via = ""          // the server pod's own address
+	viaClusterIP via = "clusterip" // a ClusterIP whose backend is the server pod, on this node
+	viaRemote    via = "remote"    // a ClusterIP whose backend is on another node (over the uplink)
+)
+
+func (v via) suffix() string {
+	switch v {
+	case viaClusterIP:
+		return " via ClusterIP"
+	case viaRemote:
+		return " via ClusterIP to another node"
+	}
+	return ""
 }
 
 func (c cell) placement() string {
@@ -69,14 +91,14 @@ func (c cell) placement() string {
 func (c cell) String() string {
 	switch c.Kind {
 	case kindRR:
-		return fmt.Sprintf("rr %s %s", sizeName(c.Size), c.placement())
+		return fmt.Sprintf("rr %s %s%s", sizeName(c.Size), c.placement(), c.Via.suffix())
 	case kindVerify:
 		if c.Rate > 0 {
-			return fmt.Sprintf("verify %s capped %d MB/s", sizeName(c.Size), c.Rate)
+			return fmt.Sprintf("verify %s capped %d MB/s%s", sizeName(c.Size), c.Rate, c.Via.suffix())
 		}
-		return fmt.Sprintf("verify %s", sizeName(c.Size))
+		return fmt.Sprintf("verify %s%s", sizeName(c.Size), c.Via.suffix())
 	}
-	return fmt.Sprintf("bulk %s", sizeName(c.Size))
+	return fmt.Sprintf("bulk %s%s", sizeName(c.Size), c.Via.suffix())
 }
 
 func sizeName(n int) string {
@@ -199,26 +221,43 @@ type bench struct {
 	keepOutput bool
 	// peerBin is patu-testpeer, for the verify cells.
 	peerBin string
-	// dial, when set, maps the server's address to the one clients
-	// connect to (a Service's cluster IP): the services section.
-	dial map[netip.Addr]netip.Addr
+	// prefix, subnets and uplink make the topology; services, when set,
+	// puts a node's netfilter with these Services in front of it (the
+	// services section).
+	prefix           string
+	subnet4, subnet6 netip.Prefix
+	uplink           bool
+	services         *servicesConfig
+	undoNode         func() error
 }
 
 // setupTopology sweeps what a crashed run may have left, then builds the
 // two pods. The caller must call teardown, also when this fails.
 func (bn *bench) setupTopology() error {
-	if err := testnet.Sweep(topoPrefix); err != nil {
-		return fmt.Errorf("sweep stale topology %q: %w", topoPrefix, err)
+	if bn.prefix == "" {
+		bn.prefix, bn.subnet4, bn.subnet6 = topoPrefix, subnet4, subnet6
+	}
+	if err := testnet.Sweep(bn.prefix); err != nil {
+		return fmt.Errorf("sweep stale topology %q: %w", bn.prefix, err)
 	}
 	if _, err := bpf.Unload(bn.pinDir); err != nil {
 		return fmt.Errorf("remove stale pins in %s: %w", bn.pinDir, err)
 	}
-	nt, err := testnet.New(testnet.Config{Prefix: topoPrefix, Subnet4: subnet4, Subnet6: subnet6, Pods: 2})
+	tc := testnet.Config{Prefix: bn.prefix, Subnet4: bn.subnet4, Subnet6: bn.subnet6, Pods: 2}
+	if bn.services != nil {
+		tc.Uplink, tc.Uplink4, tc.Uplink6 = true, bn.services.uplink4, bn.services.uplink6
+	}
+	nt, err := testnet.New(tc)
 	if err != nil {
 		return fmt.Errorf("build topology: %w", err)
 	}
 	bn.net = nt
 	bn.a, bn.b = nt.Pods[0], nt.Pods[1]
+	if bn.services != nil {
+		if bn.undoNode, err = bn.services.apply(nt); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -227,6 +266,12 @@ func (bn *bench) teardown() error {
 	var errs []error
 	if _, err := bpf.Unload(bn.pinDir); err != nil {
 		errs = append(errs, fmt.Errorf("unload %s: %w", bn.pinDir, err))
+	}
+	if bn.undoNode != nil {
+		if err := bn.undoNode(); err != nil {
+			errs = append(errs, fmt.Errorf("remove the node's rules: %w", err))
+		}
+		bn.undoNode = nil
 	}
 	if bn.net != nil {
 		if err := bn.net.Close(); err != nil {
@@ -322,8 +367,14 @@ func (bn *bench) measure(ctx context.Context, round int, c cell, p path) sample 
 
 func (bn *bench) measureInto(ctx context.Context, s *sample, c cell, p path) (err error) {
 	client, srv, ip := bn.a, bn.b, bn.b.IPv4
-	if p == pathLoopback {
-		srv, ip = bn.a, netip.MustParseAddr("127.0.0.1")
+	dial := ip
+	switch {
+	case p == pathLoopback:
+		srv, ip, dial = bn.a, netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.1")
+	case c.Via == viaClusterIP:
+		dial = bn.services.local4
+	case c.Via == viaRemote:
+		srv, ip, dial = bn.net.Ext, bn.net.Ext.IPv4, bn.services.remote4
 	}
 	var dp *bpf.Datapath
 	var c0 bpf.Counters
@@ -368,11 +419,11 @@ func (bn *bench) measureInto(ctx context.Context, s *sample, c cell, p path) (er
 	}
 	switch c.Kind {
 	case kindRR:
-		err = bn.runRR(ctx, s, c, client, srv, ip, bn.dialTo(ip))
+		err = bn.runRR(ctx, s, c, client, srv, ip, dial)
 	case kindBulk:
-		err = bn.runBulk(ctx, s, c, client, srv, ip, bn.dialTo(ip))
+		err = bn.runBulk(ctx, s, c, client, srv, ip, dial)
 	case kindVerify:
-		err = bn.runVerify(ctx, s, c, client, srv, ip, bn.dialTo(ip))
+		err = bn.runVerify(ctx, s, c, client, srv, ip, dial)
 	}
 	v1, verr := bn.vethPackets()
 	if verr != nil && err == nil {
@@ -593,12 +644,4 @@ func (bn *bench) runVerify(ctx context.Context, s *sample, c cell, client, srv *
 	s.CPUPerGB, s.KernelCPUPerGB = s.CPUSec/gb, s.KernelCPUSec/gb
 	s.PodsCPUPerGB = s.PodsCPUSec / gb
 	return nil
-}
-
-// dialTo is the address a client connects to for a server listening on ip.
-func (bn *bench) dialTo(ip netip.Addr) netip.Addr {
-	if d, ok := bn.dial[ip]; ok {
-		return d
-	}
-	return ip
 }

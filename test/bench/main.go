@@ -45,7 +45,7 @@ func main() {
 	flag.IntVar(&cfg.runs, "runs", 3, "repeat every measurement this many times")
 	flag.DurationVar(&cfg.duration, "duration", 4*time.Second, "length of each measurement (whole seconds)")
 	flag.BoolVar(&cfg.quick, "quick", false, "1 run of 2 s: RR 64 B and 1 KiB, bulk 64 KiB only")
-	flag.StringVar(&cfg.only, "only", "", "run only rr, bulk, footprint or xdp measurements")
+	flag.StringVar(&cfg.only, "only", "", "run only rr, bulk, footprint, xdp or services measurements")
 	flag.StringVar(&cfg.out, "o", "out/bench.json", "write the JSON report here, empty for none (-quick, -demo: out/bench-quick.json; -only footprint: out/bench-footprint[-quick].json)")
 	flag.BoolVar(&cfg.demo, "demo", false, "show the redirect working, then a -quick comparison")
 	flag.StringVar(&cfg.pinDir, "pin-dir", pinDirBench, "bpffs directory for the benchmark's own Patu pins")
@@ -64,6 +64,11 @@ func main() {
 		cfg.out = "out/bench-xdp.json"
 		if cfg.quick {
 			cfg.out = "out/bench-xdp-quick.json"
+		}
+	case cfg.only == "services":
+		cfg.out = "out/bench-services.json"
+		if cfg.quick {
+			cfg.out = "out/bench-services-quick.json"
 		}
 	case cfg.only == "footprint":
 		// A footprint run alone must not overwrite a whole report.
@@ -99,8 +104,10 @@ func run(ctx context.Context, log *slog.Logger, cfg config) error {
 	if cfg.duration < time.Second || cfg.duration%time.Second != 0 {
 		return fmt.Errorf("-duration %s: sockperf and iperf3 take whole seconds (at least 1s)", cfg.duration)
 	}
-	if cfg.only != "" && cfg.only != "rr" && cfg.only != "bulk" && cfg.only != "footprint" && cfg.only != "xdp" {
-		return fmt.Errorf("-only %q: want rr, bulk, footprint or xdp", cfg.only)
+	switch cfg.only {
+	case "", "rr", "bulk", "footprint", "xdp", "services":
+	default:
+		return fmt.Errorf("-only %q: want rr, bulk, footprint, xdp or services", cfg.only)
 	}
 	if cfg.fpIdle < 0 || (cfg.fpIdle > 0 && cfg.fpIdle < time.Second) || cfg.fpPods < 0 || cfg.fpStarts < 0 || cfg.fpCNI < 0 {
 		return errors.New("-footprint-*: want an idle window of at least 1s and counts of at least 1 (0: the default)")
@@ -110,6 +117,9 @@ func run(ctx context.Context, log *slog.Logger, cfg config) error {
 	}
 	if cfg.only == "xdp" {
 		return xdpSection(ctx, os.Stdout, log, cfg, xdpOut(cfg))
+	}
+	if cfg.only == "services" {
+		return services(ctx, log, cfg)
 	}
 	if cfg.only == "footprint" {
 		rep := report{Machine: describeMachine(), Started: time.Now(), Config: map[string]any{"quick": cfg.quick, "only": cfg.only}}
@@ -124,29 +134,57 @@ func run(ctx context.Context, log *slog.Logger, cfg config) error {
 	if err := footprintSection(ctx, os.Stdout, log, cfg, &rep); err != nil {
 		return err
 	}
-	// The XDP ingress comparison (xdp*.go) last, in its own JSON file.
-	return xdpSection(ctx, os.Stdout, log, cfg, xdpOut(cfg))
+	// The XDP ingress comparison (xdp*.go), then Services, each in its own
+	// JSON file.
+	if err := xdpSection(ctx, os.Stdout, log, cfg, xdpOut(cfg)); err != nil {
+		return err
+	}
+	return services(ctx, log, cfg)
+}
+
+// services runs the services section with its own patu-testpeer.
+func services(ctx context.Context, log *slog.Logger, cfg config) error {
+	if err := needTools(); err != nil {
+		return err
+	}
+	peer, done, err := buildPeer(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
+	_, err = servicesSection(ctx, os.Stdout, log, cfg, peer)
+	return err
+}
+
+func needTools() error {
+	for _, tool := range []string{"sockperf", "iperf3", "taskset", "ip", "iptables-restore", "ip6tables-restore"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("%s not found: run make deps (or apt-get install sockperf iperf3 util-linux iproute2 iptables)", tool)
+		}
+	}
+	return nil
+}
+
+// goBuild builds pkg into bin with the project's Go.
+func goBuild(ctx context.Context, bin, pkg string) error {
+	if out, err := exec.CommandContext(ctx, gotool.Path(), "build", "-o", bin, pkg).CombinedOutput(); err != nil {
+		return fmt.Errorf("%w: %s", err, tail(string(out), 1000))
+	}
+	return nil
 }
 
 // comparison runs the side-by-side data path comparison (after the demo
 // with -demo) and returns its report, already written and printed.
 func comparison(ctx context.Context, log *slog.Logger, cfg config) (report, error) {
-	for _, tool := range []string{"sockperf", "iperf3", "taskset", "ip"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			return report{}, fmt.Errorf("%s not found: run make deps (or apt-get install sockperf iperf3 util-linux iproute2)", tool)
-		}
+	if err := needTools(); err != nil {
+		return report{}, err
 	}
-
-	bn := &bench{log: log, duration: cfg.duration, pinDir: cfg.pinDir, keepOutput: cfg.keep}
-	peerDir, err := os.MkdirTemp("", "patu-bench-peer-")
+	peer, done, err := buildPeer(ctx)
 	if err != nil {
 		return report{}, err
 	}
-	defer os.RemoveAll(peerDir)
-	bn.peerBin = filepath.Join(peerDir, "patu-testpeer")
-	if out, err := exec.CommandContext(ctx, gotool.Path(), "build", "-o", bn.peerBin, "github.com/patu-dev/patu/test/peer").CombinedOutput(); err != nil {
-		return report{}, fmt.Errorf("build patu-testpeer: %w: %s", err, tail(string(out), 1000))
-	}
+	defer done()
+	bn := &bench{log: log, duration: cfg.duration, pinDir: cfg.pinDir, keepOutput: cfg.keep, peerBin: peer}
 	// Teardown runs on every way out, Ctrl-C included: the signal cancels
 	// ctx, which kills the tools, and we come back here.
 	defer func() {
@@ -198,20 +236,21 @@ func cells(cfg config) []cell {
 type plan struct {
 	cells []cell
 	paths []path
+	out   string // the JSON report, empty for none
 }
 
 // compare runs every cell on every path, interleaved: in each round, each
 // cell runs on the paths back to back, in an order that rotates, so that
 // drift in the machine's speed hits all paths alike.
 func compare(ctx context.Context, w io.Writer, log *slog.Logger, bn *bench, cfg config) (report, error) {
-	return comparePlan(ctx, w, log, bn, cfg, plan{cells: cells(cfg), paths: allPaths})
+	return comparePlan(ctx, w, log, bn, cfg, plan{cells: cells(cfg), paths: allPaths, out: cfg.out})
 }
 
 func comparePlan(ctx context.Context, w io.Writer, log *slog.Logger, bn *bench, cfg config, pl plan) (report, error) {
 	cs, paths := pl.cells, pl.paths
 	rep := report{Machine: describeMachine(), Started: time.Now(), Config: map[string]any{
 		"runs": cfg.runs, "duration_s": cfg.duration.Seconds(), "quick": cfg.quick, "only": cfg.only,
-		"topology_prefix": topoPrefix, "subnet4": subnet4.String(), "subnet6": subnet6.String(), "pin_dir": bn.pinDir,
+		"topology_prefix": bn.prefix, "subnet4": bn.subnet4.String(), "subnet6": bn.subnet6.String(), "pin_dir": bn.pinDir,
 		"address_family": "ipv4",
 	}}
 	// Checked at the start and the end: another Patu's global tracepoint
@@ -256,8 +295,8 @@ func comparePlan(ctx context.Context, w io.Writer, log *slog.Logger, bn *bench, 
 		rep.Notes = append(rep.Notes, otherPatuNote(others))
 	}
 	// The JSON first: a reader piping the table into head must not lose it.
-	if cfg.out != "" {
-		if err := writeJSON(cfg.out, rep); err != nil {
+	if pl.out != "" {
+		if err := writeJSON(pl.out, rep); err != nil {
 			return rep, err
 		}
 	}
@@ -266,8 +305,8 @@ func comparePlan(ctx context.Context, w io.Writer, log *slog.Logger, bn *bench, 
 		rep.Machine.CPUModel, rep.Machine.NProc, rep.Machine.Kernel, rep.Machine.Date, cfg.runs, cfg.duration,
 		rep.Finished.Sub(rep.Started).Round(time.Second))
 	writeTable(w, rep)
-	if cfg.out != "" {
-		fmt.Fprintf(w, "\nJSON with every sample: %s\n", cfg.out)
+	if pl.out != "" {
+		fmt.Fprintf(w, "\nJSON with every sample: %s\n", pl.out)
 	}
 	return rep, nil
 }
@@ -308,8 +347,12 @@ func logSample(log *slog.Logger, n, total int, s sample) {
 func proofWarnings(samples []sample) []string {
 	var out []string
 	for _, s := range samples {
-		if s.Path == pathPatu && s.ok() && s.Patu != nil && s.Patu.Admitted == 0 {
+		remote := strings.HasSuffix(s.Cell, viaRemote.suffix())
+		if s.Path == pathPatu && s.ok() && s.Patu != nil && s.Patu.Admitted == 0 && !remote {
 			out = append(out, fmt.Sprintf("run %d %s on patu: no connection admitted to the packet path", s.Round, s.Cell))
+		}
+		if s.Path == pathPatu && s.ok() && s.Patu != nil && s.Patu.Admitted != 0 && remote {
+			out = append(out, fmt.Sprintf("run %d %s on patu: %d connections to another node admitted to the packet path", s.Round, s.Cell, s.Patu.Admitted))
 		}
 		if s.Path != pathSocket || !s.ok() || s.Patu == nil {
 			continue
