@@ -207,7 +207,7 @@ write_runlist() {
 	fi
 	cat >"$1" <<-EOF
 		bpf $RUN/bin/bpf.test -test.run ^(TestFeatures|TestLoadIsIdempotentAndUpgradesInPlace|TestRedirectCharged)$ -test.timeout 10m
-		integration $RUN/bin/integration.test -test.run ^(TestRedirect|TestRedirectLegacyTC|TestShortConnections|TestCloseSemantics|TestStalledReader|TestConntrack|TestServices)$ -test.timeout 12m
+		integration $RUN/bin/integration.test -test.run ^(TestRedirect|TestRedirectLegacyTC|TestShortConnections|TestCloseSemantics|TestStalledReader|TestConntrack|TestServices|TestServicesIPVS)$ -test.timeout 12m
 	EOF
 }
 
@@ -260,7 +260,8 @@ initramfs() { # kdir out
 # The modules the tests need that the kernel does not request itself.
 GUEST_MODULES="veth bridge br_netfilter nf_conntrack nf_conntrack_netlink nf_nat sch_ingress cls_bpf
 	nf_tables nft_compat nft_chain_nat nft_ct ip_tables iptable_filter iptable_nat ip6_tables ip6table_filter ip6table_nat
-	xt_conntrack xt_comment xt_mark xt_nat xt_MASQUERADE xt_multiport xt_statistic xt_addrtype xt_tcpudp"
+	xt_conntrack xt_comment xt_mark xt_nat xt_MASQUERADE xt_multiport xt_statistic xt_addrtype xt_tcpudp
+	dummy ip_vs ip_vs_rr"
 
 # guest NAME: boots kernel package NAME and runs the run list in it.
 guest() {
