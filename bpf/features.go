@@ -4,13 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/features"
-	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 )
 
@@ -123,9 +123,7 @@ func ProbeFeatures(opts ProbeOptions) Features {
 	add(FeatureSockhash, features.HaveMapType(ebpf.SockHash), "SOCKHASH maps")
 	add(FeatureSkStorage, features.HaveMapType(ebpf.SkStorage), "socket-local storage")
 	add(FeatureRecvTracepoint, btfTypedef(kspec, "btf_trace_sock_recv_length"), "the receive proof's tracepoint")
-	add(FeatureSyscallTP, tryAttach(ebpf.TracePoint, func(p *ebpf.Program) (link.Link, error) {
-		return link.Tracepoint("syscalls", "sys_enter_splice", p, nil)
-	}), "syscalls:sys_enter_splice attaches")
+	add(FeatureSyscallTP, trySyscallTP(), "syscall tracepoints (syscalls:sys_enter_splice) exist and their programs load")
 	if !opts.SkipRedirectCharged {
 		charged, err := RedirectCharged()
 		switch {
@@ -137,12 +135,14 @@ func ProbeFeatures(opts ProbeOptions) Features {
 			add(FeatureRedirectCharged, nil, "redirected bytes are charged to the receiver's sk_rmem_alloc")
 		}
 	}
-	add(FeatureFentry, tryTracing(kspec, ebpf.AttachTraceFEntry), "fentry on tcp_sendmsg attaches")
-	add(FeatureFexit, tryTracing(kspec, ebpf.AttachTraceFExit), "fexit on tcp_sendmsg attaches")
-	add(FeatureLSM, tryLSM(kspec), "BPF LSM on socket_connect attaches")
-	add(FeatureKprobe, tryAttach(ebpf.Kprobe, func(p *ebpf.Program) (link.Link, error) {
-		return link.Kprobe("tcp_sendmsg", p, nil)
-	}), "kprobe on tcp_sendmsg attaches")
+	// These four are loaded, not attached: attaching patches kernel text
+	// (a trampoline, a breakpoint), which a probe on every load has no
+	// business doing on a node, and which livelocked a TCG guest of the
+	// kernel matrix. Loading is where this VM's kernel refuses them.
+	add(FeatureFentry, tryTracing(kspec, ebpf.AttachTraceFEntry), "an fentry program on tcp_sendmsg loads")
+	add(FeatureFexit, tryTracing(kspec, ebpf.AttachTraceFExit), "an fexit program on tcp_sendmsg loads")
+	add(FeatureLSM, tryLSM(kspec), "a BPF LSM program on socket_connect loads and bpf is an active LSM")
+	add(FeatureKprobe, tryKprobe(), "kprobe programs load and the kernel has kprobe events")
 
 	// The paths.
 	var packet []string
@@ -241,24 +241,16 @@ func conntrackKfuncs(kspec *btf.Spec) error {
 	return fmt.Errorf("%s not found (conntrack entries of packet-path flows are not kept alive)", strings.Join(missing, ", "))
 }
 
-// tryAttach loads a program of type pt that does nothing and attaches it
-// with attach, then detaches it: whether the kernel both takes the program
-// and serves the attachment.
-func tryAttach(pt ebpf.ProgramType, attach func(*ebpf.Program) (link.Link, error)) error {
-	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Type:         pt,
-		License:      "GPL",
-		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
-	})
-	if err != nil {
-		return fmt.Errorf("program does not load: %w", err)
+// trySyscallTP: the tracepoint's event is there and a tracepoint program
+// loads. Not attached: enabling a tracepoint patches kernel text.
+func trySyscallTP() error {
+	if err := features.HaveProgramType(ebpf.TracePoint); err != nil {
+		return fmt.Errorf("the kernel refuses tracepoint programs: %w", err)
 	}
-	defer p.Close()
-	l, err := attach(p)
-	if err != nil {
-		return fmt.Errorf("does not attach: %w", err)
+	if _, err := os.Stat("/sys/kernel/tracing/events/syscalls/sys_enter_splice/id"); err != nil {
+		return errors.New("no syscalls:sys_enter_splice event (CONFIG_FTRACE_SYSCALLS, tracefs)")
 	}
-	return l.Close()
+	return nil
 }
 
 func tryTracing(kspec *btf.Spec, at ebpf.AttachType) error {
@@ -275,12 +267,7 @@ func tryTracing(kspec *btf.Spec, at ebpf.AttachType) error {
 	if err != nil {
 		return fmt.Errorf("the kernel refuses the program: %w", err)
 	}
-	defer p.Close()
-	l, err := link.AttachTracing(link.TracingOptions{Program: p})
-	if err != nil {
-		return fmt.Errorf("does not attach: %w", err)
-	}
-	return l.Close()
+	return p.Close()
 }
 
 func tryLSM(kspec *btf.Spec) error {
@@ -295,17 +282,31 @@ func tryLSM(kspec *btf.Spec) error {
 		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
 	})
 	if err != nil {
-		return fmt.Errorf("program does not load: %w", err)
+		return fmt.Errorf("the kernel refuses the program: %w", err)
 	}
-	defer p.Close()
-	l, err := link.AttachLSM(link.LSMOptions{Program: p})
+	p.Close()
+	const lsmList = "/sys/kernel/security/lsm"
+	if _, err := os.Stat(lsmList); err != nil {
+		unix.Mount("securityfs", "/sys/kernel/security", "securityfs", 0, "")
+	}
+	lsms, err := os.ReadFile(lsmList)
 	if err != nil {
-		if lsms, rerr := os.ReadFile("/sys/kernel/security/lsm"); rerr == nil && !strings.Contains(string(lsms), "bpf") {
-			return fmt.Errorf("does not attach: bpf is not among the active LSMs (%s; boot with lsm=...,bpf): %w", strings.TrimSpace(string(lsms)), err)
-		}
-		return fmt.Errorf("does not attach: %w", err)
+		return fmt.Errorf("the program loads, but the active LSMs are unknown: %w", err)
 	}
-	return l.Close()
+	if !slices.Contains(strings.Split(strings.TrimSpace(string(lsms)), ","), "bpf") {
+		return fmt.Errorf("the program loads, but bpf is not among the active LSMs (%s; boot with lsm=...,bpf)", strings.TrimSpace(string(lsms)))
+	}
+	return nil
+}
+
+func tryKprobe() error {
+	if err := features.HaveProgramType(ebpf.Kprobe); err != nil {
+		return fmt.Errorf("the kernel refuses kprobe programs: %w", err)
+	}
+	if _, err := os.Stat("/sys/kernel/tracing/kprobe_events"); err != nil {
+		return errors.New("the kernel has no kprobe events (CONFIG_KPROBES, CONFIG_KPROBE_EVENTS)")
+	}
+	return nil
 }
 
 // ensureTracefs mounts tracefs where it is not mounted, as patu load

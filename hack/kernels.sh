@@ -273,16 +273,18 @@ guest() {
 	write_runlist "$root$scratch/run.list"
 	echo "$GUEST_MODULES" | tr -s ' \t\n' '\n' | grep . >"$root$scratch/modules"
 	initramfs "$kdir" "$scratch.cpio.gz"
+	# A soft lockup panics the guest (and ends QEMU at once) instead of
+	# holding the run until the timeout.
 	local qemu_args=(-nographic -no-reboot -m 2048 -smp 2 -nic none
 		-kernel "$kdir/boot/vmlinuz-$kver" -initrd "$scratch.cpio.gz"
 		-virtfs "local,path=$root,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"
 		-virtfs "local,path=$kdir/lib/modules/$kver,mount_tag=mods,security_model=none,readonly=on"
 		-virtfs "local,path=$scratch/out,mount_tag=out,security_model=none")
 	if [ "$ARCH" = amd64 ]; then
-		qemu_args+=(-machine q35 -accel tcg,thread=multi -cpu max -append "console=ttyS0 panic=-1 quiet")
+		qemu_args+=(-machine q35 -accel tcg,thread=multi -cpu max -append "console=ttyS0 panic=-1 softlockup_panic=1 quiet")
 	else
 		# pauth-impdef: TCG's architected pointer auth is very slow.
-		qemu_args+=(-machine virt -accel tcg,thread=multi -cpu max,pauth-impdef=on -append "console=ttyAMA0 panic=-1 quiet")
+		qemu_args+=(-machine virt -accel tcg,thread=multi -cpu max,pauth-impdef=on -append "console=ttyAMA0 panic=-1 softlockup_panic=1 quiet")
 	fi
 	t0=$SECONDS
 	echo "kernels: booting $kver ($QEMU, TCG)"
