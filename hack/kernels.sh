@@ -187,10 +187,11 @@ trap 'exit 130' INT TERM
 # What runs in each guest, and on the host: name, binary, go test flags.
 # TCG runs a guest ~20-50x slower than the host, so this is the subset that
 # proves load/attach/upgrade/unload, both tc attach modes, the packet path
-# (IPv4 and IPv6, short connections, half-close and RST, conntrack upkeep,
-# Services) and the socket path where the kernel has it (stalled reader).
-# Left out: XDP uplinks (TestXDP*), BIG TCP, late peer, splice, MPTCP,
-# lifecycle-during-stream, the e2e tier (runtimes) and benchmarks.
+# (IPv4 and IPv6, short connections, half-close and RST, late peer, splice,
+# load/unload during a stream, conntrack upkeep, Services on iptables and
+# IPVS) and the socket path where the kernel has it (stalled reader).
+# Left out: XDP uplinks (TestXDP*), BIG TCP, MPTCP, the other packages'
+# privileged tests, the e2e tier (runtimes) and benchmarks.
 write_runlist() {
 	if [ -n "${KX_RUNLIST:-}" ]; then
 		sed "s#@BIN@#$RUN/bin#g" "$KX_RUNLIST" >"$1"
@@ -201,13 +202,13 @@ write_runlist() {
 		# conntrack cases.
 		cat >"$1" <<-EOF
 			bpf $RUN/bin/bpf.test -test.run ^(TestFeatures|TestRedirectCharged)$ -test.timeout 10m
-			integration $RUN/bin/integration.test -test.run ^(TestRedirect|TestRedirectLegacyTC|TestShortConnections|TestCloseSemantics)$ -test.timeout 12m
+			integration $RUN/bin/integration.test -test.run ^(TestRedirect|TestRedirectLegacyTC|TestShortConnections|TestCloseSemantics|TestLatePeer|TestSplice|TestLifecycleDuringStream)$ -test.timeout 12m
 		EOF
 		return
 	fi
 	cat >"$1" <<-EOF
 		bpf $RUN/bin/bpf.test -test.run ^(TestFeatures|TestLoadIsIdempotentAndUpgradesInPlace|TestRedirectCharged)$ -test.timeout 10m
-		integration $RUN/bin/integration.test -test.run ^(TestRedirect|TestRedirectLegacyTC|TestShortConnections|TestCloseSemantics|TestStalledReader|TestConntrack|TestServices|TestServicesIPVS)$ -test.timeout 12m
+		integration $RUN/bin/integration.test -test.run ^(TestRedirect|TestRedirectLegacyTC|TestShortConnections|TestCloseSemantics|TestLatePeer|TestSplice|TestLifecycleDuringStream|TestStalledReader|TestConntrack|TestServices|TestServicesIPVS)$ -test.timeout 12m
 	EOF
 }
 
