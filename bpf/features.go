@@ -85,6 +85,10 @@ type ProbeOptions struct {
 	// SkipRedirectCharged leaves out the accounting probe (it opens two
 	// loopback sockets in the caller's network namespace).
 	SkipRedirectCharged bool
+	// OnlyUsed leaves out what Load does not use (syscall tracepoints,
+	// fentry/fexit, BPF LSM, kprobes): reported by status, not needed to
+	// load, and each a program the verifier must check.
+	OnlyUsed bool
 }
 
 // ProbeFeatures probes every kernel feature the data plane uses, and
@@ -123,7 +127,9 @@ func ProbeFeatures(opts ProbeOptions) Features {
 	add(FeatureSockhash, features.HaveMapType(ebpf.SockHash), "SOCKHASH maps")
 	add(FeatureSkStorage, features.HaveMapType(ebpf.SkStorage), "socket-local storage")
 	add(FeatureRecvTracepoint, btfTypedef(kspec, "btf_trace_sock_recv_length"), "the receive proof's tracepoint")
-	add(FeatureSyscallTP, trySyscallTP(), "syscall tracepoints (syscalls:sys_enter_splice) exist and their programs load")
+	if !opts.OnlyUsed {
+		add(FeatureSyscallTP, trySyscallTP(), "syscall tracepoints (syscalls:sys_enter_splice) exist and their programs load")
+	}
 	if !opts.SkipRedirectCharged {
 		charged, err := RedirectCharged()
 		switch {
@@ -135,16 +141,26 @@ func ProbeFeatures(opts ProbeOptions) Features {
 			add(FeatureRedirectCharged, nil, "redirected bytes are charged to the receiver's sk_rmem_alloc")
 		}
 	}
-	// These four are loaded, not attached: attaching patches kernel text
-	// (a trampoline, a breakpoint), which a probe on every load has no
-	// business doing on a node, and which livelocked a TCG guest of the
-	// kernel matrix. Loading is where this VM's kernel refuses them.
+	if !opts.OnlyUsed {
+		probeGuards(kspec, add)
+	}
+	return derivePaths(fs)
+}
+
+// probeGuards probes what guards could use. These four are loaded, not
+// attached: attaching patches kernel text (a trampoline, a breakpoint),
+// which a probe on every load has no business doing on a node, and which
+// livelocked a TCG guest of the kernel matrix. Loading is where this VM's
+// kernel refuses them.
+func probeGuards(kspec *btf.Spec, add func(string, error, string)) {
 	add(FeatureFentry, tryTracing(kspec, ebpf.AttachTraceFEntry), "an fentry program on tcp_sendmsg loads")
 	add(FeatureFexit, tryTracing(kspec, ebpf.AttachTraceFExit), "an fexit program on tcp_sendmsg loads")
 	add(FeatureLSM, tryLSM(kspec), "a BPF LSM program on socket_connect loads and bpf is an active LSM")
 	add(FeatureKprobe, tryKprobe(), "kprobe programs load and the kernel has kprobe events")
+}
 
-	// The paths.
+// derivePaths adds the two paths, from the features they need.
+func derivePaths(fs Features) Features {
 	var packet []string
 	if !fs.On(FeatureTCX) && !fs.On(FeatureTCLegacy) {
 		packet = append(packet, "no tc attachment (tcx or clsact)")

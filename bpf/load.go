@@ -143,7 +143,7 @@ func Load(opts Options) (*Datapath, error) {
 	if err := EnsureBPFFS(opts.PinDir); err != nil {
 		return nil, err
 	}
-	feats := ProbeFeatures(ProbeOptions{ForceLegacyTC: opts.LegacyTC})
+	feats := ProbeFeatures(ProbeOptions{ForceLegacyTC: opts.LegacyTC, OnlyUsed: true})
 	if pp := feats.Get(FeaturePacketPath); !pp.On {
 		return nil, fmt.Errorf("%w: the packet path cannot run here: %s", ErrNotSupported, pp.Reason)
 	}

@@ -133,7 +133,9 @@ func cmdLoad(out io.Writer, pinDir string, args []string) error {
 		return err
 	}
 	defer d.Close()
-	fmt.Fprintf(out, "patu loaded, pinned under %s; pods attach with %s\nkernel features:\n%s", pinDir, d.PodAttachMode(), d.Features())
+	// The whole table, also what Load does not use (guards' features).
+	feats := bpf.ProbeFeatures(bpf.ProbeOptions{ForceLegacyTC: *legacyTC})
+	fmt.Fprintf(out, "patu loaded, pinned under %s; pods attach with %s\nkernel features:\n%s", pinDir, d.PodAttachMode(), feats)
 	return nil
 }
 
