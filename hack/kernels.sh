@@ -350,8 +350,9 @@ if [ "${KX_HOST:-1}" != 0 ] && [ "${KX_FETCH_ONLY:-0}" != 1 ] && [ "$ARCH" = "$(
 	while read -r name bin args; do
 		# Own names on the shared host: test topologies, pins and cgroups
 		# carry the kx prefix.
-		PATU_TEST_PREFIX=kx PATU_TESTPEER=$RUN/bin/patu-testpeer "$bin" -test.v=test2json -test.count=1 $args >"$hout/$name.log" 2>&1
-		echo $? >"$hout/$name.exit"
+		rc=0
+		PATU_TEST_PREFIX=kx PATU_TESTPEER=$RUN/bin/patu-testpeer "$bin" -test.v=test2json -test.count=1 $args >"$hout/$name.log" 2>&1 || rc=$?
+		echo $rc >"$hout/$name.exit"
 	done <"$RUN/host/run.list"
 	summarize "$(uname -r)" "$hout" $((SECONDS - t0)) "host"
 fi
