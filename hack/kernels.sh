@@ -174,7 +174,11 @@ RUN=
 QPIDS=()
 cleanup() {
 	local p
-	for p in "${QPIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+	# QPIDS are timeout(1)'s: QEMU is its child.
+	for p in "${QPIDS[@]}"; do
+		pkill -9 -P "$p" 2>/dev/null || true
+		kill -9 "$p" 2>/dev/null || true
+	done
 	[ -n "$RUN" ] && rm -rf "$RUN"
 	if [ "${KX_HOST:-1}" != 0 ]; then
 		local d
