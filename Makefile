@@ -4,7 +4,7 @@ export PATH := $(PATH):/usr/local/go/bin
 GO ?= go
 BIN := bin
 
-.PHONY: help deps test-deps build generate check-generated test test-unit bench demo clean
+.PHONY: help deps test-deps build generate check-generated test test-unit bench demo clean kernels kernels-arm64
 
 help: ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 20
@@ -22,6 +22,8 @@ build: ## build the binaries into bin/ (static: they run on any node)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags=-s -o $(BIN)/patu ./cmd/patu
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags=-s -o $(BIN)/patu-cni ./cmd/patu-cni
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/patu-testpeer ./test/peer
+	CGO_ENABLED=0 GOARCH=arm64 $(GO) build -trimpath -ldflags=-s -o $(BIN)/linux-arm64/patu ./cmd/patu
+	CGO_ENABLED=0 GOARCH=arm64 $(GO) build -trimpath -ldflags=-s -o $(BIN)/linux-arm64/patu-cni ./cmd/patu-cni
 
 generate: ## regenerate the eBPF objects and Go bindings from bpf/*.c
 	$(GO) generate ./bpf/
@@ -44,3 +46,9 @@ demo: deps ## two pods on a private containerd via crictl, bridge vs Patu, all c
 
 clean:
 	rm -rf $(BIN) out
+
+kernels: ## the privileged subset on Debian's 6.1 and 6.12 in QEMU/TCG, then this kernel; one line each; needs root
+	@hack/kernels.sh amd64
+
+kernels-arm64: ## the same on Debian's arm64 kernel (qemu-system-aarch64, TCG); needs root
+	@hack/kernels.sh arm64

@@ -54,6 +54,11 @@ func (d *Datapath) Attach(dir string) error {
 		return err
 	}
 	prog, err := ebpf.LoadPinnedProgram(filepath.Join(d.pinDir, pinProgSockops), nil)
+	if errors.Is(err, fs.ErrNotExist) {
+		if _, merr := os.Stat(filepath.Join(d.pinDir, "patu_socks")); merr == nil {
+			return fmt.Errorf("attach sockops to %s: %w", dir, ErrSocketPathOff)
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("open pinned sockops program: %w", err)
 	}

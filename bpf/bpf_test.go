@@ -59,24 +59,3 @@ func TestReasonNamesAreDistinct(t *testing.T) {
 		seen[n] = true
 	}
 }
-
-func TestReleaseAtLeast(t *testing.T) {
-	for _, tc := range []struct {
-		release string
-		want    bool
-	}{
-		{"6.18.44-fc-v782", true},
-		{"6.13.0", true},
-		{"6.12.9-amd64", false},
-		{"5.15.0-91-generic", false},
-		{"7.0.1", true},
-	} {
-		got, err := releaseAtLeast(tc.release, 6, 13)
-		if err != nil || got != tc.want {
-			t.Errorf("releaseAtLeast(%q) = %v, %v; want %v", tc.release, got, err, tc.want)
-		}
-	}
-	if _, err := releaseAtLeast("garbage", 6, 13); err == nil {
-		t.Error("parsed a garbage release")
-	}
-}

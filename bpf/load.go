@@ -58,6 +58,9 @@ type Options struct {
 	// itself, as it does on kernels that do not charge them to the
 	// receiver (RedirectCharged), for tests on kernels that do.
 	RedirectUncharged bool
+	// LegacyTC attaches pods' programs with clsact + cls_bpf even where
+	// the kernel has tcx: the mode kernels before 6.6 get, to test it.
+	LegacyTC bool
 	// TestLatePeer hides each accepted socket from senders for a random
 	// time up to this long, as if its establishment lost the race with
 	// the first send. Fault injection for tests only.
@@ -76,6 +79,27 @@ type Datapath struct {
 	pods      *ebpf.Map
 	// xdp is nil when the pins predate the XDP path (see openXDP).
 	xdp *xdpState
+	// features is what Load probed (empty for Open).
+	features Features
+}
+
+// Features returns the kernel features Load probed and used.
+func (d *Datapath) Features() Features { return d.features }
+
+// ErrSocketPathOff is returned by Attach when this kernel cannot run the
+// socket path (see ProbeFeatures): the pod stays on the packet path.
+var ErrSocketPathOff = errors.New("the socket path is off on this kernel (patu status names why)")
+
+// uninstallSocketPath removes the socket path's program pins, which a
+// load on a kernel that had it left, so that Attach says it is off.
+// Cgroups attached then keep their links until detached.
+func (d *Datapath) uninstallSocketPath() error {
+	for _, name := range []string{pinProgSockops, pinProgSkMsg} {
+		if err := os.Remove(filepath.Join(d.pinDir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("remove pin %s: %w", name, err)
+		}
+	}
+	return nil
 }
 
 // PinDir returns the bpffs directory of this datapath.
@@ -119,8 +143,9 @@ func Load(opts Options) (*Datapath, error) {
 	if err := EnsureBPFFS(opts.PinDir); err != nil {
 		return nil, err
 	}
-	if err := Probe(); err != nil {
-		return nil, err
+	feats := ProbeFeatures(ProbeOptions{ForceLegacyTC: opts.LegacyTC, OnlyUsed: true})
+	if pp := feats.Get(FeaturePacketPath); !pp.On {
+		return nil, fmt.Errorf("%w: the packet path cannot run here: %s", ErrNotSupported, pp.Reason)
 	}
 	if _, err := sweepDraining(opts.PinDir); err != nil {
 		return nil, err
@@ -138,10 +163,7 @@ func Load(opts Options) (*Datapath, error) {
 	// Counting them here is right on every kernel (where they are
 	// charged too, the mark trips at half): the choice when the probe
 	// cannot tell.
-	charged := false
-	if !opts.RedirectUncharged {
-		charged, _ = RedirectCharged()
-	}
+	charged := !opts.RedirectUncharged && feats.On(FeatureRedirectCharged)
 	for name, v := range map[string]any{
 		"rmem_charged":      boolByte(charged),
 		"bp_shift":          opts.BackpressureShift,
@@ -152,8 +174,15 @@ func Load(opts Options) (*Datapath, error) {
 			return nil, fmt.Errorf("set %s: %w", name, err)
 		}
 	}
+	// Without the socket path only its maps are made: the CLI, the CNI
+	// plugin and status read them, and no program needs what is missing.
+	socketPath := feats.On(FeatureSocketPath)
 	var objs redirectObjects
-	err = spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: opts.PinDir}})
+	var target any = &objs
+	if !socketPath {
+		target = &objs.redirectMaps
+	}
+	err = spec.LoadAndAssign(target, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: opts.PinDir}})
 	if err != nil {
 		if errors.Is(err, ebpf.ErrMapIncompatible) {
 			return nil, fmt.Errorf("load programs: pinned maps in %s are from an incompatible version (run: patu unload): %w", opts.PinDir, err)
@@ -164,6 +193,7 @@ func Load(opts Options) (*Datapath, error) {
 
 	d := &Datapath{
 		pinDir:    opts.PinDir,
+		features:  feats,
 		endpoints: objs.PatuEndpoints,
 		socks:     objs.PatuSocks,
 		sockRecs:  objs.PatuSockRecs,
@@ -179,7 +209,12 @@ func Load(opts Options) (*Datapath, error) {
 		d.Close()
 		return nil, err
 	}
-	if err := d.install(&objs.redirectPrograms); err != nil {
+	if socketPath {
+		err = d.install(&objs.redirectPrograms)
+	} else {
+		err = d.uninstallSocketPath()
+	}
+	if err != nil {
 		d.Close()
 		return nil, err
 	}

@@ -37,6 +37,9 @@ func sockopsLinkProg(t *testing.T, d *Datapath, id uint64) ebpf.ProgramID {
 // pin.
 func TestLoadIsIdempotentAndUpgradesInPlace(t *testing.T) {
 	testnet.Privileged(t)
+	if f := ProbeFeatures(ProbeOptions{SkipRedirectCharged: true}).Get(FeatureSocketPath); !f.On {
+		t.Skipf("cgroup attachments serve the socket path, off on this kernel: %s", f.Reason)
+	}
 	Unload(testPinDir)
 	t.Cleanup(func() { Unload(testPinDir) })
 	cg := testnet.Cgroup(t, "patu-test-bpf")

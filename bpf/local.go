@@ -309,6 +309,12 @@ func sweepDrainingLocal(dir string) (bool, error) {
 func linkedVeths(pins []string) map[uint32]bool {
 	veths := map[uint32]bool{}
 	for _, pin := range pins {
+		if _, _, legacy := parseTCPin(pin); legacy {
+			if ifindex, ok := tcVeth(pin); ok {
+				veths[ifindex] = true
+			}
+			continue
+		}
 		if l, err := link.LoadPinnedLink(pin, nil); err == nil {
 			if info, err := l.Info(); err == nil && info.TCX() != nil && info.TCX().Ifindex != 0 {
 				veths[info.TCX().Ifindex] = true

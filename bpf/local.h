@@ -181,11 +181,18 @@ struct {
 const volatile __u32 ct_established_ms = 432000000; /* nf_conntrack_tcp_timeout_established */
 const volatile __u64 ct_refresh_ns = 30000000000ULL; /* keep-alive period of an open flow's entry */
 const volatile __u64 close_grace_ns = 10000000000ULL; /* closed flow: stays on this path this long */
+/* Whether the conntrack kfuncs resolve (Load probes it). A setting, not
+ * `if (!bpf_skb_ct_lookup)`: testing a kfunc's address is an ld_imm64 of
+ * a function that kernels before 6.3 refuse ("BPF_LD_IMM64 uses reserved
+ * fields"), and with this frozen at 0 the verifier never reaches the
+ * calls the loader poisoned. */
+const volatile __u8 ct_kfuncs = 0;
 
 /*
  * Conntrack's kfuncs (Linux 6.0+, in nf_conntrack). Weak: without
- * conntrack (module not loaded, or a kernel without them) the calls are
- * removed at load and flows are simply not kept in conntrack's view.
+ * conntrack (module not loaded, or a kernel without them) the loader
+ * poisons the calls, ct_kfuncs is 0 so none is reached, and flows are
+ * simply not kept in conntrack's view.
  * bpf_ct_opts here is the 6.0/6.1 layout; later kernels accept its size.
  */
 struct bpf_ct_opts___patu {
@@ -253,7 +260,7 @@ static __always_inline void ct_set_timeout(struct __sk_buff *skb, const struct l
 	struct nf_conn *ct;
 	__u32 size;
 
-	if (!bpf_skb_ct_lookup || !bpf_ct_release || !bpf_ct_change_timeout)
+	if (!ct_kfuncs)
 		return;
 	if (v4) {
 		t.ipv4.saddr = k->src[3];

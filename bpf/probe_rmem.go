@@ -15,7 +15,8 @@ import (
 
 // RedirectCharged reports whether this kernel charges bytes an sk_msg
 // program redirects into a socket's receive queue to that socket's
-// sk_rmem_alloc (Linux 6.13 and later do; 6.12 and earlier do not), by
+// sk_rmem_alloc (Linux 6.13 does, and stable kernels that took the fix, such as
+// Debian's 6.1.192 and 6.12.95; older ones do not), by
 // trying it: two TCP sockets on the loopback of the caller's network
 // namespace, one message redirected from one to the other with nobody
 // reading, and the receiver's SO_MEMINFO read back. The socket path's

@@ -76,10 +76,16 @@ func (d *Datapath) loadXDP(opts Options) error {
 		"ct_established_ms": opts.ConntrackEstablished,
 		"ct_refresh_ns":     uint64(opts.ConntrackRefresh.Nanoseconds()),
 		"close_grace_ns":    uint64(opts.CloseGrace.Nanoseconds()),
+		"ct_kfuncs":         boolByte(d.features.On(FeatureConntrackKfuncs)),
 	} {
 		if err := spec.Variables[name].Set(v); err != nil {
 			return fmt.Errorf("set %s: %w", name, err)
 		}
+	}
+	if !d.features.On(FeatureTCX) {
+		// Kernels before tcx know no BPF_TCX_INGRESS; cls_bpf takes
+		// the program without an expected attach type.
+		spec.Programs["patu_from_pod"].AttachType = ebpf.AttachNone
 	}
 	var objs xdpObjects
 	err = spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: d.pinDir}})
@@ -117,6 +123,13 @@ func (d *Datapath) loadXDP(opts Options) error {
 	if err := os.MkdirAll(filepath.Join(d.pinDir, dirPodLinks), 0o700); err != nil {
 		return fmt.Errorf("create pin directory: %w", err)
 	}
+	// Pods attached from now on, by this process or any other, use the
+	// mode the marker says; those attached before keep theirs.
+	if d.features.On(FeatureTCX) {
+		os.Remove(filepath.Join(d.pinDir, pinTCLegacy))
+	} else if err := pinCopy(objs.PatuFromPod, filepath.Join(d.pinDir, pinTCLegacy)); err != nil {
+		return err
+	}
 	// An upgrade replaces the programs under live links, atomically.
 	for _, pin := range d.xdpLinkPins() {
 		if err := updateLink(pin, objs.PatuXdpUplink); err != nil {
@@ -124,7 +137,11 @@ func (d *Datapath) loadXDP(opts Options) error {
 		}
 	}
 	for _, pin := range d.podLinkPins() {
-		if err := updateLink(pin, objs.PatuFromPod); err != nil {
+		update := updateLink
+		if _, _, legacy := parseTCPin(pin); legacy {
+			update = updateTCPin
+		}
+		if err := update(pin, objs.PatuFromPod); err != nil {
 			return err
 		}
 	}
@@ -215,6 +232,10 @@ func detachPodLinks(pinDir string) {
 
 func detachPins(pins []string) {
 	for _, pin := range pins {
+		if _, _, legacy := parseTCPin(pin); legacy {
+			detachTCPin(pin)
+			continue
+		}
 		if l, err := link.LoadPinnedLink(pin, nil); err == nil {
 			l.Detach()
 			l.Close()
@@ -474,9 +495,10 @@ func (d *Datapath) podLinkPin(ifindex uint32) string {
 	return filepath.Join(d.pinDir, dirPodLinks, strconv.FormatUint(uint64(ifindex), 10))
 }
 
-// AttachPod attaches the pod program (tcx ingress) to a pod's host-side
-// veth, hostIfindex in the caller's network namespace, and pins the link.
-// It is idempotent. The pod's TCP with other registered pods then takes
+// AttachPod attaches the pod program (tcx ingress, or clsact + cls_bpf
+// where the kernel has no tcx or the load asked for legacy tc) to a pod's
+// host-side veth, hostIfindex in the caller's network namespace, and pins
+// the link (the program, for legacy tc). It is idempotent. The pod's TCP with other registered pods then takes
 // the local packet path, and replies of flows XDP delivered to it go
 // back out past the normal path; every other packet it sends costs a hash
 // and an LRU lookup.
@@ -489,6 +511,18 @@ func (d *Datapath) AttachPod(hostIfindex uint32) error {
 		return err
 	}
 	defer prog.Close()
+	if d.legacyTC() {
+		if err := d.attachPodTC(hostIfindex, prog); err != nil {
+			return fmt.Errorf("attach pod program to ifindex %d: %w", hostIfindex, err)
+		}
+		return nil
+	}
+	if ns, err := netnsInode(); err == nil {
+		// Attached with legacy tc by a load before: tcx takes over.
+		if err := detachTCPin(d.tcPin(ns, hostIfindex)); err != nil {
+			return fmt.Errorf("attach pod program to ifindex %d: %w", hostIfindex, err)
+		}
+	}
 	pin := d.podLinkPin(hostIfindex)
 	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
 		info, ierr := l.Info()
@@ -522,6 +556,11 @@ func (d *Datapath) AttachPod(hostIfindex uint32) error {
 // DetachPod detaches the pod program from a pod's host-side veth. A veth
 // that is gone, or has no program, is not an error.
 func (d *Datapath) DetachPod(hostIfindex uint32) error {
+	if ns, err := netnsInode(); err == nil {
+		if err := detachTCPin(d.tcPin(ns, hostIfindex)); err != nil {
+			return fmt.Errorf("detach pod program from ifindex %d: %w", hostIfindex, err)
+		}
+	}
 	pin := d.podLinkPin(hostIfindex)
 	l, err := link.LoadPinnedLink(pin, nil)
 	if err != nil {

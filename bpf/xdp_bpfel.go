@@ -238,6 +238,7 @@ const (
 	xdpProgPatuXdpUplink     = "patu_xdp_uplink"
 	xdpVarCloseGraceNs       = "close_grace_ns"
 	xdpVarCtEstablishedMs    = "ct_established_ms"
+	xdpVarCtKfuncs           = "ct_kfuncs"
 	xdpVarCtRefreshNs        = "ct_refresh_ns"
 	xdpVarUnusedFlowFlags    = "unused_flow_flags"
 	xdpVarUnusedLocalCounter = "unused_local_counter"
@@ -318,6 +319,7 @@ type xdpMapSpecs struct {
 type xdpVariableSpecs struct {
 	CloseGraceNs       *ebpf.VariableSpec `ebpf:"close_grace_ns"`
 	CtEstablishedMs    *ebpf.VariableSpec `ebpf:"ct_established_ms"`
+	CtKfuncs           *ebpf.VariableSpec `ebpf:"ct_kfuncs"`
 	CtRefreshNs        *ebpf.VariableSpec `ebpf:"ct_refresh_ns"`
 	UnusedFlowFlags    *ebpf.VariableSpec `ebpf:"unused_flow_flags"`
 	UnusedLocalCounter *ebpf.VariableSpec `ebpf:"unused_local_counter"`
@@ -383,6 +385,7 @@ func (m *xdpMaps) Close() error {
 type xdpVariables struct {
 	CloseGraceNs       *ebpf.Variable `ebpf:"close_grace_ns"`
 	CtEstablishedMs    *ebpf.Variable `ebpf:"ct_established_ms"`
+	CtKfuncs           *ebpf.Variable `ebpf:"ct_kfuncs"`
 	CtRefreshNs        *ebpf.Variable `ebpf:"ct_refresh_ns"`
 	UnusedFlowFlags    *ebpf.Variable `ebpf:"unused_flow_flags"`
 	UnusedLocalCounter *ebpf.Variable `ebpf:"unused_local_counter"`

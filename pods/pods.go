@@ -279,6 +279,11 @@ func SetCgroups(dp *bpf.Datapath, id string, dirs []string) error {
 		if errors.Is(err, fs.ErrNotExist) {
 			continue // removed between the two calls
 		}
+		if errors.Is(err, bpf.ErrSocketPathOff) {
+			// Sockops serves only the socket path: with it off the
+			// pod is on the packet path, which needs no cgroup.
+			continue
+		}
 		if err != nil {
 			undo()
 			return fmt.Errorf("pod %s: %w", p, err)

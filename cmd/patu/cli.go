@@ -24,7 +24,7 @@ import (
 const usage = `usage: patu [--bpffs DIR] COMMAND [ARGS]
 
 commands:
-  load [--bp-shift N] [--bp-floor BYTES] [--big-tcp SIZE]
+  load [--bp-shift N] [--bp-floor BYTES] [--big-tcp SIZE] [--legacy-tc]
                                            load and pin Patu (idempotent; replaces programs in place)
   unload                                   remove Patu; live connections keep working
   attach CGROUP_DIR                        attach sockops to a cgroup v2 directory (idempotent)
@@ -117,6 +117,7 @@ func cmdLoad(out io.Writer, pinDir string, args []string) error {
 	floor := fs.Uint("bp-floor", 0, "receiver queue mark floor in bytes")
 	latePeer := fs.Duration("test-late-peer", 0, "")
 	bigTCP := fs.Int("big-tcp", -1, "GSO size to set on each registered pod's interface (BIG TCP), 0 for none; default: keep")
+	legacyTC := fs.Bool("legacy-tc", false, "attach pods' programs with clsact + cls_bpf even where the kernel has tcx")
 	if err := fs.Parse(args); err != nil {
 		return usagef("load: %v", err)
 	}
@@ -126,12 +127,15 @@ func cmdLoad(out io.Writer, pinDir string, args []string) error {
 		BackpressureFloor: uint32(*floor),
 		TestLatePeer:      *latePeer,
 		BigTCP:            *bigTCP,
+		LegacyTC:          *legacyTC,
 	})
 	if err != nil {
 		return err
 	}
 	defer d.Close()
-	fmt.Fprintf(out, "patu loaded, pinned under %s\n", pinDir)
+	// The whole table, also what Load does not use (guards' features).
+	feats := bpf.ProbeFeatures(bpf.ProbeOptions{ForceLegacyTC: *legacyTC})
+	fmt.Fprintf(out, "patu loaded, pinned under %s; pods attach with %s\nkernel features:\n%s", pinDir, d.PodAttachMode(), feats)
 	return nil
 }
 
@@ -308,6 +312,11 @@ type Status struct {
 	// HookFailures are the failures `patu hook` counted, when any.
 	HookFailures *hook.Failures `json:"hook_failures,omitempty"`
 	XDP          XDPStatus      `json:"xdp"`
+	// Features are the kernel features Patu uses, each on or off and
+	// why, probed by this command; PodAttach is how pods' programs are
+	// attached with the loaded Patu: tcx or tc (clsact + cls_bpf).
+	Features  bpf.Features `json:"features"`
+	PodAttach string       `json:"pod_attach,omitempty"`
 }
 
 // XDPStatus is the XDP fast path: where it is attached and what it holds.
@@ -362,7 +371,7 @@ func cmdStatus(out io.Writer, pinDir string, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return usagef("status: %v", err)
 	}
-	st := Status{PinDir: pinDir}
+	st := Status{PinDir: pinDir, Features: bpf.ProbeFeatures(bpf.ProbeOptions{})}
 	// Read first: hook failures matter most when Patu is not loaded.
 	if hf, err := hook.ReadFailures(*stateDir); err != nil {
 		return err
@@ -381,6 +390,7 @@ func cmdStatus(out io.Writer, pinDir string, args []string) error {
 	}
 	defer d.Close()
 	st.Loaded = true
+	st.PodAttach = d.PodAttachMode()
 	if st.LiveSockets, err = d.LiveSockets(); err != nil {
 		return err
 	}
@@ -443,6 +453,7 @@ func cmdStatus(out io.Writer, pinDir string, args []string) error {
 		return err
 	}
 	writeXDP(out, st.XDP)
+	fmt.Fprintf(out, "\nkernel features (pods attach with %s):\n%s", st.PodAttach, st.Features)
 	if st.HookFailures != nil {
 		fmt.Fprintf(out, "\n%s\n", hookFailureLine(*stateDir, *st.HookFailures))
 	}
@@ -456,6 +467,7 @@ func writeNotLoaded(out io.Writer, st Status, format, stateDir string) error {
 		return writeJSON(out, st)
 	}
 	fmt.Fprintf(out, "patu is not loaded: nothing is pinned under %s (start it with patu load or patu daemon)\n", st.PinDir)
+	fmt.Fprintf(out, "\nkernel features:\n%s", st.Features)
 	if st.HookFailures != nil {
 		fmt.Fprintf(out, "\n%s\n", hookFailureLine(stateDir, *st.HookFailures))
 	}

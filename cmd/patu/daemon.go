@@ -94,12 +94,13 @@ func cmdDaemon(ctx context.Context, out io.Writer, pinDir string, args []string)
 		debug.SetGCPercent(50)
 	}
 
-	dp, err := loadLean(ctx, pinDir, *bigTCP)
+	dp, loadOut, err := loadLean(ctx, pinDir, *bigTCP)
 	if err != nil {
 		return err
 	}
 	defer dp.Close()
-	log.Info("patu loaded", "bpffs", pinDir)
+	// What the load said: the kernel features on and off, and why.
+	log.Info("patu loaded", "bpffs", pinDir, "load", loadOut)
 	if *xdpIfaces != "" {
 		// Before the first reconcile, so that every pod it registers is
 		// readied for the XDP path. Detaching is left to `patu xdp
@@ -175,16 +176,17 @@ func cmdDaemon(ctx context.Context, out io.Writer, pinDir string, args []string)
 // opens the pinned maps. Loading parses the kernel's BTF and the ELF, which
 // would leave the long-lived daemon several MiB larger for good; the daemon
 // lives on nodes where every MiB counts.
-func loadLean(ctx context.Context, pinDir string, bigTCP int) (*bpf.Datapath, error) {
+func loadLean(ctx context.Context, pinDir string, bigTCP int) (*bpf.Datapath, string, error) {
 	self, err := os.Executable()
 	if err != nil {
-		return nil, fmt.Errorf("find own executable to run patu load: %w", err)
+		return nil, "", fmt.Errorf("find own executable to run patu load: %w", err)
 	}
 	out, err := exec.CommandContext(ctx, self, "--bpffs", pinDir, "load", "--big-tcp", strconv.Itoa(bigTCP)).CombinedOutput()
 	if err != nil {
-		return nil, fmt.Errorf("patu load: %w: %s", err, bytes.TrimSpace(out))
+		return nil, "", fmt.Errorf("patu load: %w: %s", err, bytes.TrimSpace(out))
 	}
-	return bpf.Open(pinDir)
+	dp, err := bpf.Open(pinDir)
+	return dp, string(bytes.TrimSpace(out)), err
 }
 
 // dialRuntime connects to the runtime, waiting for it with backoff: the

@@ -34,6 +34,11 @@ func runMain(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "integration tests need root (netns, cgroups, BPF); run as root or set PATU_SKIP_PRIVILEGED=1 to skip them")
 		return 1
 	}
+	// PATU_TESTPEER names a patu-testpeer built beforehand: the kernel
+	// matrix's guests have no Go toolchain to spare.
+	if peerBin = os.Getenv("PATU_TESTPEER"); peerBin != "" {
+		return m.Run()
+	}
 	dir, err := os.MkdirTemp("", "patu-it-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -94,6 +99,9 @@ func netConfig(prefix string, subnet, n int) testnet.Config {
 func setupNet(t *testing.T, cfg testnet.Config, m mode, opts bpf.Options) *env {
 	t.Helper()
 	testnet.Privileged(t)
+	// PATU_TEST_PREFIX goes before every test's prefix: a run beside
+	// another run of the same tests on one machine keeps its own names.
+	cfg.Prefix = os.Getenv("PATU_TEST_PREFIX") + cfg.Prefix
 	prefix := cfg.Prefix
 	testnet.Sweep(prefix)
 	nt, err := testnet.New(cfg)
@@ -120,6 +128,9 @@ func setupNet(t *testing.T, cfg testnet.Config, m mode, opts bpf.Options) *env {
 				t.Errorf("unload: %v", err)
 			}
 		})
+		if f := dp.Features().Get(bpf.FeatureSocketPath); m == socketPath && !f.On {
+			t.Skipf("the socket path is off on this kernel: %s", f.Reason)
+		}
 		for _, p := range nt.Pods {
 			e.register(p)
 		}
