@@ -17,7 +17,7 @@
 # own modules, nothing else is installed. Guests are killed and their
 # scratch removed on any exit.
 #
-# Environment: KX_CACHE (default /var/cache/patu-e2e/kernels), KX_TIMEOUT
+# Environment: KX_CACHE (default $PATU_TOOLS/kernels, /var/cache/patu-e2e/kernels), KX_TIMEOUT
 # (s per guest, default 900), KX_REFRESH=1 (look for newer kernels with apt),
 # KX_HOST=0 (skip the host's line), KX_ONLY=6.1 (only kernels whose release
 # starts so), KX_RUNLIST=file (another run list; @BIN@ is the binaries' dir),
@@ -26,7 +26,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
 ARCH=${1:-amd64}
-CACHE=${KX_CACHE:-/var/cache/patu-e2e/kernels}
+CACHE=${KX_CACHE:-${PATU_TOOLS:-/var/cache/patu-e2e}/kernels}
 TIMEOUT=${KX_TIMEOUT:-900}
 REPO=$PWD
 
