@@ -70,16 +70,16 @@ var nameRE = regexp.MustCompile(`^[a-z][a-z0-9]{0,5}$`)
 
 // Node is a running single-node cluster.
 type Node struct {
-	cfg      Config
-	dir      string
-	nsPath   string
-	mntNS    string
+	cfg    Config
+	dir    string
+	nsPath string
+	mntNS  string
 	// daemonCgroups are /pk8s-<name>/daemons in every hierarchy.
 	daemonCgroups []string
-	bins     map[string]string
-	admin    string // admin kubeconfig (host path, also valid inside)
-	log      *slog.Logger
-	hostname string
+	bins          map[string]string
+	admin         string // admin kubeconfig (host path, also valid inside)
+	log           *slog.Logger
+	hostname      string
 
 	mu    sync.Mutex
 	procs map[string]*proc
@@ -118,7 +118,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	n := &Node{
 		cfg: cfg, dir: filepath.Join(BaseDir, cfg.Name), log: cfg.Log.With("node", cfg.Name),
 		hostname: "pk8s-" + cfg.Name,
-		procs: map[string]*proc{},
+		procs:    map[string]*proc{},
 	}
 	n.mntNS = filepath.Join(n.dir, "ns", "mnt")
 	t0 := time.Now()
@@ -220,7 +220,7 @@ func (n *Node) makeNetns() error {
 	}
 	return netns.Do(p, func() error {
 		for k, v := range map[string]string{
-			"net/ipv4/ip_forward":                "1",
+			"net/ipv4/ip_forward":                 "1",
 			"net/bridge/bridge-nf-call-iptables":  "1",
 			"net/bridge/bridge-nf-call-ip6tables": "1",
 		} {
@@ -342,9 +342,9 @@ func (n *Node) writeFiles() error {
 		return err
 	}
 	files := map[string]string{
-		filepath.Join(conf, "kubelet.yaml"):    kubeletConfig("/pk8s-"+n.cfg.Name, p.path("ca.crt")),
-		filepath.Join(conf, "kube-proxy.yaml"): kubeProxyConfig(n.cfg.ProxyMode, n.admin, n.hostname),
-		n.HostPath(containerdConf):             containerdConfig(n.bins["runc"], rtlab.PauseImage),
+		filepath.Join(conf, "kubelet.yaml"):                   kubeletConfig("/pk8s-"+n.cfg.Name, p.path("ca.crt")),
+		filepath.Join(conf, "kube-proxy.yaml"):                kubeProxyConfig(n.cfg.ProxyMode, n.admin, n.hostname),
+		n.HostPath(containerdConf):                            containerdConfig(n.bins["runc"], rtlab.PauseImage),
 		n.HostPath(filepath.Join(CNIConfDir, BridgeConflist)): bridgeConflist(),
 	}
 	for f, data := range files {
