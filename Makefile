@@ -13,7 +13,7 @@ deps: ## install missing build packages (Debian) and the demo's runtime (contain
 	@hack/deps.sh
 	@hack/e2e-deps.sh
 
-test-deps: deps 
+test-deps: deps ## also the other e2e runtimes: podman, CRI-O (built from source: 10-15 min the first time), the Kubernetes node (hack/k8s-deps.sh: ~8 min the first time)
 	@hack/podman-deps.sh
 	@hack/crio-deps.sh
 	@hack/k8s-deps.sh
@@ -44,6 +44,6 @@ demo: deps ## two pods on a private containerd via crictl, bridge vs Patu, all c
 clean:
 	rm -rf $(BIN) out
 
-.PHONY: image demo-k8s
-image: build ## Patu's container image ghcr.io/patu-dev/patu:$(cat deploy/VERSION) as an OCI tarball, out/patu-image.tar (ctr images import)
+.PHONY: image
+image: build ## Patu's container image ghcr.io/patu-dev/patu:<deploy/VERSION> as an OCI tarball, out/patu-image.tar (ctr images import)
 	$(GO) run ./hack/image -bin $(BIN) -o out/patu-image.tar
