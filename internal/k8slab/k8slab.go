@@ -280,6 +280,9 @@ func (n *Node) makeMountNS(ctx context.Context) error {
 	for _, d := range []string{"/run", "/var/lib", "/var/log"} {
 		fmt.Fprintf(&sh, "mount --bind %s %s\n", shq(filepath.Join(n.dir, "root", d)), d)
 	}
+	// Shared, as on a systemd host: a DaemonSet's HostToContainer mount of
+	// /run/netns then sees the pods' namespaces created after it started.
+	sh.WriteString("mount --make-rshared /run\nmount --make-rshared /var/lib\n")
 	sh.WriteString("mount -t bpf bpf /sys/fs/bpf\n")
 	for k, v := range sysctls {
 		f := filepath.Join(n.dir, "sysctl", strings.ReplaceAll(k, "/", "."))
