@@ -47,3 +47,7 @@ clean:
 .PHONY: image
 image: build ## Patu's container image ghcr.io/patu-dev/patu:<deploy/VERSION> as an OCI tarball, out/patu-image.tar (ctr images import)
 	$(GO) run ./hack/image -bin $(BIN) -o out/patu-image.tar
+
+.PHONY: demo-k8s
+demo-k8s: ## the demo on a real Kubernetes node: image, kubectl apply, a transfer over Patu vs opted out, kubectl delete; needs root and make test-deps
+	$(GO) run ./test/k8sdemo
