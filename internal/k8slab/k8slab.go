@@ -277,6 +277,11 @@ func (n *Node) makeMountNS(ctx context.Context) error {
 	}
 	var sh strings.Builder
 	sh.WriteString("set -e\n")
+	// The host's mounts below the directories the node replaces go first:
+	// shadowed, they would still confuse mountinfo readers (containerd's
+	// "not a shared or slave mount" for /run/netns), and the host's netns
+	// files would keep other namespaces alive as long as the node.
+	sh.WriteString(`awk '{print $5}' /proc/self/mountinfo | grep -E '^/(run|var/lib|var/log)(/|$)' | sort -ru | while read -r m; do umount -l "$m"; done` + "\n")
 	for _, d := range []string{"/run", "/var/lib", "/var/log"} {
 		fmt.Fprintf(&sh, "mount --bind %s %s\n", shq(filepath.Join(n.dir, "root", d)), d)
 	}
@@ -385,6 +390,8 @@ func (n *Node) startControlPlane(ctx context.Context) error {
 		"--service-account-key-file", c("sa.pub"), "--service-account-signing-key-file", c("sa.key"),
 		"--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
 		"--authorization-mode", "Node,RBAC", "--allow-privileged=true",
+		// No DNS for the node name.
+		"--kubelet-preferred-address-types", "InternalIP",
 		"--enable-priority-and-fairness=false", "--profiling=false", "--v=1"); err != nil {
 		return err
 	}
