@@ -266,23 +266,37 @@ func TestK3s(t *testing.T) {
 	uninstallLeavesNothing(ctx, n, bridgeConf)
 }
 
-// servicesAccelerated: pod → pod, pod → ClusterIP, pod → hostPort on the
-// node's address carried by Patu and intact, with nothing configured in
-// Patu; pod → NodePort intact (kube-proxy masquerades it: see the report).
+// servicesAccelerated: pod → pod and pod → ClusterIP carried by Patu and
+// intact, with nothing configured in Patu. pod → NodePort and pod →
+// hostPort on the node's address are intact; on this node both are
+// masqueraded (kube-proxy masquerades NodePort traffic with
+// externalTrafficPolicy Cluster; portmap's hairpin rule matches the whole
+// pod subnet), so the server sees the node's address and the packet path
+// counts the answer as not matched and leaves it to the kernel: checked
+// as such, so a data plane that matches masqueraded connections shows up
+// here.
 func servicesAccelerated(ctx context.Context, n *node) {
 	ip := n.kubectl(ctx, "get", "pods", "-l", "app=server", "-o", "jsonpath={.items[0].status.podIP}")
 	n.accelerated(ctx, "pod → pod", fmt.Sprintf("%s:%d", ip, serverPort), false)
 	n.accelerated(ctx, "pod → ClusterIP", n.serviceAddr(ctx), true)
-	n.accelerated(ctx, "pod → hostPort on the node address", fmt.Sprintf("%s:%d", k8slab.NodeIP, hostPort), true)
-	before := n.mustStatus(ctx)
-	res, err := n.transfer(ctx, fmt.Sprintf("%s:%d", k8slab.NodeIP, nodePort), nil, "--mode", "stream", "--bytes", strconv.Itoa(32<<20))
-	if err != nil {
-		n.t.Fatalf("pod → NodePort: %v", err)
+	for _, c := range []struct{ what, target string }{
+		{"pod → NodePort on the node address", fmt.Sprintf("%s:%d", k8slab.NodeIP, nodePort)},
+		{"pod → hostPort on the node address", fmt.Sprintf("%s:%d", k8slab.NodeIP, hostPort)},
+	} {
+		before := n.mustStatus(ctx)
+		res, err := n.transfer(ctx, c.target, nil, "--mode", "stream", "--bytes", strconv.Itoa(32<<20))
+		if err != nil {
+			n.t.Fatalf("%s: %v", c.what, err)
+		}
+		after := n.mustStatus(ctx)
+		carried := after.carried() - before.carried()
+		notMatched := after.Local.Counters.NotMatched - before.Local.Counters.NotMatched
+		n.t.Logf("%s (%s): %d bytes intact; Patu carried %d, admitted through a translation %d, answers not matched (masqueraded) %d",
+			c.what, c.target, res.Bytes, carried, after.Local.Counters.AdmittedNAT-before.Local.Counters.AdmittedNAT, notMatched)
+		if carried < uint64(res.Bytes) && notMatched == 0 {
+			n.t.Errorf("%s: neither carried by Patu nor counted as masqueraded", c.what)
+		}
 	}
-	after := n.mustStatus(ctx)
-	n.t.Logf("pod → NodePort (%s:%d): %d bytes intact; Patu carried %d, admitted through a translation %d, answers not matched %d",
-		k8slab.NodeIP, nodePort, res.Bytes, after.carried()-before.carried(),
-		after.Local.Counters.AdmittedNAT-before.Local.Counters.AdmittedNAT, after.Local.Counters.NotMatched-before.Local.Counters.NotMatched)
 }
 
 // uninstallLeavesNothing deletes the DaemonSet and checks the node is as
@@ -313,7 +327,9 @@ func uninstallLeavesNothing(ctx context.Context, n *node, bridgeConf []byte) {
 			n.t.Errorf("%s left after kubectl delete", p)
 		}
 	}
-	out, err := n.Exec(ctx, nil, "find", "/sys/fs/bpf", "-mindepth", "1")
+	// The node's own bpffs: only the kernel's preload iterators
+	// (maps.debug, progs.debug) may be there.
+	out, err := n.Exec(ctx, nil, "find", "/sys/fs/bpf", "-mindepth", "1", "-not", "-name", "*.debug")
 	if err != nil || len(strings.TrimSpace(string(out))) > 0 {
 		n.t.Errorf("pins left in the node's bpffs after kubectl delete: %q %v", out, err)
 	}
