@@ -306,7 +306,15 @@ metadata:
 	if err != nil {
 		return peerresult.Result{}, err
 	}
-	res, perr := peerresult.Parse(out)
+	// kubectl logs mixes in the client's stderr (progress lines such as
+	// "sent N bytes"): the result is its JSON line.
+	var result []byte
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.HasPrefix(l, "{") {
+			result = []byte(l)
+		}
+	}
+	res, perr := peerresult.Parse(result)
 	if phase != "Succeeded" || perr != nil || res.Failed > 0 || res.OK == 0 {
 		return res, fmt.Errorf("client to %s: phase %s, result %+v (%v): %s", target, phase, res, perr, lastLines(string(out), 10))
 	}
