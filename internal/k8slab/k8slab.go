@@ -281,7 +281,15 @@ func (n *Node) makeMountNS(ctx context.Context) error {
 	// shadowed, they would still confuse mountinfo readers (containerd's
 	// "not a shared or slave mount" for /run/netns), and the host's netns
 	// files would keep other namespaces alive as long as the node.
-	sh.WriteString(`awk '{print $5}' /proc/self/mountinfo | grep -E '^/(run|var/lib|var/log)(/|$)' | sort -ru | while read -r m; do umount -l "$m"; done` + "\n")
+	// A pass may find a mount already gone (a lazy unmount of its parent,
+	// or the host's copy removed meanwhile): again until none is left.
+	sh.WriteString(`under() { awk '{print $5}' /proc/self/mountinfo | grep -E '^/(run|var/lib|var/log)(/|$)' | sort -ru; }
+for pass in 1 2 3 4 5; do
+	[ -z "$(under)" ] && break
+	under | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+done
+[ -z "$(under)" ] || { echo "host mounts left under /run, /var/lib, /var/log:"; under; exit 1; }
+`)
 	for _, d := range []string{"/run", "/var/lib", "/var/log"} {
 		fmt.Fprintf(&sh, "mount --bind %s %s\n", shq(filepath.Join(n.dir, "root", d)), d)
 	}
