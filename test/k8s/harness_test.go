@@ -35,6 +35,12 @@ func runMain(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "node tests need root (netns, mounts, cgroups, BPF); run as root or set PATU_SKIP_PRIVILEGED=1 to skip them")
 		return 1
 	}
+	// A killed run leaves its binaries behind (its nodes k8slab sweeps).
+	if old, err := filepath.Glob(filepath.Join(os.TempDir(), "pk8s-bin-*")); err == nil {
+		for _, d := range old {
+			os.RemoveAll(d)
+		}
+	}
 	dir, err := os.MkdirTemp("", "pk8s-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
