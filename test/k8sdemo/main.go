@@ -156,7 +156,15 @@ spec:
 		if err != nil {
 			return err
 		}
-		res, err := peerresult.Parse([]byte(out))
+		// kubectl logs mixes in the client's stderr: the result is the
+		// JSON line.
+		var line string
+		for _, l := range strings.Split(out, "\n") {
+			if strings.HasPrefix(l, "{") {
+				line = l
+			}
+		}
+		res, err := peerresult.Parse([]byte(line))
 		if err != nil || res.Failed > 0 {
 			return fmt.Errorf("client %s: %v %+v", what, err, res)
 		}
@@ -171,6 +179,11 @@ spec:
 	}
 	fmt.Fprintln(w, "== kubectl delete -f deploy/k3s/patu.yaml")
 	if _, err := kubectl(manifest, "delete", "-f", "-", "--wait=true", "--timeout=120s"); err != nil {
+		return err
+	}
+	// The DaemonSet goes first; its pod's preStop (patu uninstall) runs
+	// while the pod terminates.
+	if _, err := kubectl(nil, "wait", "--for=delete", "pod", "-n", "kube-system", "-l", "app.kubernetes.io/name=patu", "--timeout=120s"); err != nil {
 		return err
 	}
 	ents, _ := os.ReadDir(n.HostPath(k8slab.CNIConfDir))
