@@ -19,6 +19,11 @@ import (
 // it was.
 const ChainedName = "00-patu.conflist"
 
+// errAlreadyChained: the node's conflist runs patu already (K3s started
+// with --flannel-cni-conf deploy/k3s/flannel-patu.conflist): there is
+// nothing to chain.
+var errAlreadyChained = errors.New("patu is already in it")
+
 // patuEntry is the plugin Install appends to a chained conflist: Patu reads
 // the pod's annotations (opt-out) and its hostPorts.
 var patuEntry = json.RawMessage(`{"type": "patu", "capabilities": {"io.kubernetes.cri.pod-annotations": true, "portMappings": true}}`)
@@ -80,7 +85,7 @@ func chainConflist(src []byte) ([]byte, error) {
 			Type string `json:"type"`
 		}
 		if json.Unmarshal(p, &t) == nil && t.Type == CNIName {
-			return nil, errors.New("patu is already in it")
+			return nil, errAlreadyChained
 		}
 	}
 	top["plugins"], _ = json.Marshal(append(plugins, patuEntry))
@@ -98,22 +103,27 @@ func chainConflist(src []byte) ([]byte, error) {
 // chainedItem is the conflist item of a chained install: the node's
 // conflist with patu appended, or, on a node without one, the profile's
 // own conflist (bridge + host-local + portmap + patu) under ChainedName.
-// The second result names the source ("" for the profile's).
-func chainedItem(o Options, profileConflist []byte) (item, string, error) {
+// The second result names the source ("" for the profile's); ok is false
+// when the node's conflist runs patu already, and no file is needed.
+func chainedItem(o Options, profileConflist []byte) (_ item, src string, ok bool, _ error) {
 	dir := filepath.Join(o.Root, o.CNIConfDir)
 	src, err := chainSource(dir)
 	if err != nil {
-		return item{}, "", err
+		return item{}, "", false, err
 	}
 	data := profileConflist
 	if src != "" {
 		b, err := os.ReadFile(src)
 		if err != nil {
-			return item{}, "", err
+			return item{}, "", false, err
 		}
-		if data, err = chainConflist(b); err != nil {
-			return item{}, "", fmt.Errorf("chain patu after %s: %w", src, err)
+		data, err = chainConflist(b)
+		if errors.Is(err, errAlreadyChained) {
+			return item{}, src, false, nil
+		}
+		if err != nil {
+			return item{}, "", false, fmt.Errorf("chain patu after %s: %w", src, err)
 		}
 	}
-	return item{dest: filepath.Join(o.CNIConfDir, ChainedName), mode: 0o644, data: data}, src, nil
+	return item{dest: filepath.Join(o.CNIConfDir, ChainedName), mode: 0o644, data: data}, src, true, nil
 }

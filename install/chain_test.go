@@ -162,8 +162,24 @@ func TestChainSource(t *testing.T) {
 		o, confDir := chainOpts(t)
 		os.MkdirAll(confDir, 0o755)
 		os.WriteFile(filepath.Join(confDir, "10-x.conflist"), []byte(`{"name":"x","plugins":[{"type":"bridge"},{"type":"patu"}]}`), 0o644)
-		if _, err := Install(o); err == nil || !strings.Contains(err.Error(), "already") {
-			t.Fatalf("err %v, want patu already in it", err)
+		// K3s with --flannel-cni-conf flannel-patu.conflist: only the
+		// plugin is needed.
+		changes, err := Install(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(changes) != 1 || filepath.Base(changes[0].Path) != CNIName {
+			t.Errorf("changes %v, want only the plugin", changes)
+		}
+		if exists := fileExists(filepath.Join(confDir, ChainedName)); exists {
+			t.Error("00-patu.conflist written for a conflist that runs patu already")
+		}
+		// Uninstall keeps the plugin that conflist needs.
+		if changes, err = Uninstall(o); err != nil {
+			t.Fatal(err)
+		}
+		if len(changes) != 1 || !fileExists(changes[0].Path) || changes[0].Action != Kept {
+			t.Errorf("uninstall: %v, want the plugin kept", changes)
 		}
 	})
 }
@@ -201,3 +217,5 @@ func TestFlannelPatuConflist(t *testing.T) {
 		}
 	}
 }
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }

@@ -252,12 +252,16 @@ func plan(o Options) ([]item, error) {
 		return nil, err
 	}
 	conf := item{dest: filepath.Join(o.CNIConfDir, ConflistName), mode: 0o644, data: conflist}
+	needConf := true
 	if o.Chain {
-		if conf, _, err = chainedItem(o, conflist); err != nil {
+		if conf, _, needConf, err = chainedItem(o, conflist); err != nil {
 			return nil, err
 		}
 	}
-	items = append(items, bin("patu-cni", filepath.Join(o.CNIBinDir, CNIName)), conf)
+	items = append(items, bin("patu-cni", filepath.Join(o.CNIBinDir, CNIName)))
+	if needConf {
+		items = append(items, conf)
+	}
 	if !o.CNIOnly {
 		items = append(items, item{dest: filepath.Join(o.SystemdDir, UnitName), mode: 0o644, data: unit})
 	}
@@ -499,9 +503,24 @@ func Uninstall(opts Options) ([]Change, error) {
 	sort.Strings(extra)
 	dests = append(dests, extra...)
 
+	// A node whose own conflist runs patu (K3s with --flannel-cni-conf
+	// flannel-patu.conflist) keeps the plugin: without it no pod could
+	// start there.
+	keepPlugin := ""
+	if o.Chain && !profiles[o.Profile].hooks {
+		if _, src, ok, err := chainedItem(o, nil); err == nil && !ok && src != "" {
+			keepPlugin = filepath.Join(o.CNIBinDir, CNIName)
+		}
+	}
 	var changes []Change
 	for _, dest := range dests {
 		path := filepath.Join(o.Root, dest)
+		if dest == keepPlugin {
+			if _, err := os.Lstat(path); err == nil {
+				changes = append(changes, Change{Path: path, Action: Kept})
+			}
+			continue
+		}
 		st, err := os.Lstat(path)
 		if errors.Is(err, fs.ErrNotExist) {
 			if _, ok := m.Files[dest]; ok {
