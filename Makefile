@@ -13,10 +13,11 @@ deps: ## install missing build packages (Debian) and the demo's runtime (contain
 	@hack/deps.sh
 	@hack/e2e-deps.sh
 
-test-deps: deps ## also the other e2e runtimes: podman, CRI-O (built from source: 10-15 min the first time)
+test-deps: deps ## also the other e2e runtimes: podman, CRI-O (built from source: 10-15 min the first time), the Kubernetes node (hack/k8s-deps.sh: ~8 min the first time)
 	@hack/podman-deps.sh
 	@hack/crio-deps.sh
 	@hack/apps-deps.sh
+	@hack/k8s-deps.sh
 
 build: ## build the binaries into bin/ (static: they run on any node)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags=-s -o $(BIN)/patu ./cmd/patu
@@ -52,3 +53,11 @@ kernels: ## the privileged subset on Debian's 6.1 and 6.12 in QEMU/TCG, then thi
 
 kernels-arm64: ## the same on Debian's arm64 kernel (qemu-system-aarch64, TCG); needs root
 	@hack/kernels.sh arm64
+
+.PHONY: image
+image: build ## Patu's container image ghcr.io/patu-dev/patu:<deploy/VERSION> as an OCI tarball, out/patu-image.tar (ctr images import)
+	$(GO) run ./hack/image -bin $(BIN) -o out/patu-image.tar
+
+.PHONY: demo-k8s
+demo-k8s: ## the demo on a real Kubernetes node: image, kubectl apply, a transfer over Patu vs opted out, kubectl delete; needs root and make test-deps
+	$(GO) run ./test/k8sdemo

@@ -9,6 +9,8 @@
 #   unit        every package, PATU_SKIP_PRIVILEGED=1
 #   privileged  real netns, veth, bridge, cgroups and BPF
 #   e2e         real runtimes (containerd 1.6/2.x, CRI-O, podman) and programs
+#   node        a real Kubernetes node (K3s-shaped, internal/k8slab) with Patu
+#               installed by kubectl apply (test/k8s)
 #   kernels     the privileged subset on Debian's 6.1, 6.12 (and arm64 6.1) in QEMU, and here
 #
 # A tier that fails does not stop the later ones (their results are worth
@@ -21,8 +23,10 @@ export PATH="$PATH:/usr/local/go/bin"
 # Packages with real runtimes and applications; everything else that needs
 # root is the privileged tier.
 E2E_PKGS=(./internal/rtlab ./test/e2e ./test/crio ./test/podman ./test/demo ./test/apps)
+# The Kubernetes node tier.
+NODE_PKGS=(./internal/k8slab ./test/k8s)
 
-all_tiers=(setup static unit privileged e2e kernels)
+all_tiers=(setup static unit privileged e2e node kernels)
 read -r -a tiers <<<"${TIERS:-${all_tiers[*]}}"
 declare -A took status
 failed=0
@@ -30,7 +34,7 @@ t_all=$SECONDS
 
 privileged_pkgs() {
 	local skip
-	skip=$(printf '%s\n' "${E2E_PKGS[@]}" | sed 's#^\./#github.com/patu-dev/patu/#')
+	skip=$(printf '%s\n' "${E2E_PKGS[@]}" "${NODE_PKGS[@]}" | sed 's#^\./#github.com/patu-dev/patu/#')
 	go list ./... | grep -vxF "$skip"
 }
 
@@ -41,6 +45,7 @@ run_tier() {
 	unit) PATU_SKIP_PRIVILEGED=1 go test -count=1 ${GOTESTFLAGS:-} ./... ;;
 	privileged) go test -count=1 -timeout 20m ${GOTESTFLAGS:-} $(privileged_pkgs) ;;
 	e2e) PATU_REQUIRE_CRIO=1 go test -count=1 -timeout 25m ${GOTESTFLAGS:-} "${E2E_PKGS[@]}" ;;
+	node) go test -count=1 -p 1 -timeout 30m ${GOTESTFLAGS:-} "${NODE_PKGS[@]}" ;;
 	kernels)
 		# arm64 too: its guest fits (~1.5 min warm); a failure of one
 		# arch does not skip the other.

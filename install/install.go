@@ -78,6 +78,16 @@ type Options struct {
 	Binaries map[string]string
 	// DryRun reports the changes without making them.
 	DryRun bool
+	// CNIOnly places only the CNI plugin and the conflist, no patu
+	// binary and no systemd unit: what a DaemonSet's init container does,
+	// its main container being patu daemon.
+	CNIOnly bool
+	// Chain writes ChainedName, the node's own conflist (the first in the
+	// conf dir) with patu appended, instead of the profile's; the node's
+	// file is not touched, so uninstalling gives back its network as it
+	// was. Without a conflist on the node the profile's is written under
+	// ChainedName.
+	Chain bool
 }
 
 // Change is one file Install or Uninstall looked at. Path includes Root.
@@ -132,6 +142,9 @@ func (o Options) withDefaults() (Options, error) {
 		o.SystemdDir = "/etc/systemd/system"
 	}
 	dirs := map[string]string{"bin dir": o.BinDir, "systemd dir": o.SystemdDir}
+	if p.hooks && (o.CNIOnly || o.Chain) {
+		return o, fmt.Errorf("profile %s installs OCI hooks, no CNI plugin: --cni-only and --chain do not apply", o.Profile)
+	}
 	if p.hooks {
 		if o.CNIBinDir != "" || o.CNIConfDir != "" || o.PodCIDR != "" {
 			return o, fmt.Errorf("profile %s installs OCI hooks, no CNI plugin: CNI directories and a pod CIDR do not apply", o.Profile)
@@ -204,7 +217,10 @@ func plan(o Options) ([]item, error) {
 		}
 		return it
 	}
-	items := []item{bin("patu", patu)}
+	var items []item
+	if !o.CNIOnly {
+		items = append(items, bin("patu", patu))
+	}
 	if profiles[o.Profile].hooks {
 		for _, name := range HookNames {
 			b, err := deploy.Files.ReadFile(o.Profile + "/" + name)
@@ -235,11 +251,21 @@ func plan(o Options) ([]item, error) {
 	if conflist, err = renderConflist(conflist, profiles[o.Profile].podCIDR, cidr); err != nil {
 		return nil, err
 	}
-	return append(items,
-		bin("patu-cni", filepath.Join(o.CNIBinDir, CNIName)),
-		item{dest: filepath.Join(o.CNIConfDir, ConflistName), mode: 0o644, data: conflist},
-		item{dest: filepath.Join(o.SystemdDir, UnitName), mode: 0o644, data: unit},
-	), nil
+	conf := item{dest: filepath.Join(o.CNIConfDir, ConflistName), mode: 0o644, data: conflist}
+	needConf := true
+	if o.Chain {
+		if conf, _, needConf, err = chainedItem(o, conflist); err != nil {
+			return nil, err
+		}
+	}
+	items = append(items, bin("patu-cni", filepath.Join(o.CNIBinDir, CNIName)))
+	if needConf {
+		items = append(items, conf)
+	}
+	if !o.CNIOnly {
+		items = append(items, item{dest: filepath.Join(o.SystemdDir, UnitName), mode: 0o644, data: unit})
+	}
+	return items, nil
 }
 
 // sources resolves the source binaries: given ones as they are, patu as the
@@ -477,9 +503,24 @@ func Uninstall(opts Options) ([]Change, error) {
 	sort.Strings(extra)
 	dests = append(dests, extra...)
 
+	// A node whose own conflist runs patu (K3s with --flannel-cni-conf
+	// flannel-patu.conflist) keeps the plugin: without it no pod could
+	// start there.
+	keepPlugin := ""
+	if o.Chain && !profiles[o.Profile].hooks {
+		if _, src, ok, err := chainedItem(o, nil); err == nil && !ok && src != "" {
+			keepPlugin = filepath.Join(o.CNIBinDir, CNIName)
+		}
+	}
 	var changes []Change
 	for _, dest := range dests {
 		path := filepath.Join(o.Root, dest)
+		if dest == keepPlugin {
+			if _, err := os.Lstat(path); err == nil {
+				changes = append(changes, Change{Path: path, Action: Kept})
+			}
+			continue
+		}
 		st, err := os.Lstat(path)
 		if errors.Is(err, fs.ErrNotExist) {
 			if _, ok := m.Files[dest]; ok {

@@ -532,6 +532,11 @@ func TestEmbeddedConflists(t *testing.T) {
 		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".conflist") {
 			return err
 		}
+		// Not one patu install writes: K3s's --flannel-cni-conf file,
+		// flannel first (TestFlannelPatuConflist).
+		if path == "k3s/flannel-patu.conflist" {
+			return nil
+		}
 		found = append(found, path)
 		t.Run(path, func(t *testing.T) {
 			b, err := deploy.Files.ReadFile(path)

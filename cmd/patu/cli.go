@@ -104,7 +104,7 @@ func runTo(ctx context.Context, out io.Writer, args []string) error {
 	case "install":
 		return cmdInstall(out, args)
 	case "uninstall":
-		return cmdUninstall(out, args)
+		return cmdUninstall(out, *pinDir, args)
 	default:
 		return usagef("unknown command %q", cmd)
 	}

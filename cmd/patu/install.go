@@ -45,11 +45,17 @@ flags:
   --systemd-dir DIR         for patu.service (default /etc/systemd/system)
   --hooks-dir DIR           podman: for the hooks.d files (or /etc/containers/oci/hooks.d)
   --patu-cni FILE           patu-cni to install (default: patu-cni next to this patu)
+  --cni-only                only patu-cni and the conflist: no patu, no patu.service
+                            (a DaemonSet's init container; its main container runs patu daemon)
+  --chain                   write 00-patu.conflist: the node's conflist (the first in the conf
+                            dir, e.g. K3s's 10-flannel.conflist) with patu appended; the node's
+                            file stays as it was. Without one, the profile's conflist
+  --unload                  uninstall: also unload Patu (patu unload) after removing the files
   --dry-run                 print what would change, change nothing
 `
 
 func cmdInstall(out io.Writer, args []string) error {
-	opts, err := parseInstallFlags(out, "install", args)
+	opts, _, err := parseInstallFlags(out, "install", args)
 	if err != nil || opts == nil {
 		return err
 	}
@@ -92,10 +98,19 @@ func cmdInstall(out io.Writer, args []string) error {
 	return nil
 }
 
-func cmdUninstall(out io.Writer, args []string) error {
-	opts, err := parseInstallFlags(out, "uninstall", args)
-	if err != nil || opts == nil {
+func cmdUninstall(out io.Writer, pinDir string, args []string) (err error) {
+	opts, unload, perr := parseInstallFlags(out, "uninstall", args)
+	if err = perr; err != nil || opts == nil {
 		return err
+	}
+	if unload && !opts.DryRun {
+		// Files first: a pod created meanwhile must not run a plugin
+		// whose maps are gone.
+		defer func() {
+			if err == nil {
+				err = cmdUnload(out, pinDir, nil)
+			}
+		}()
 	}
 	changes, err := install.Uninstall(*opts)
 	printChanges(out, changes, opts.DryRun)
@@ -111,14 +126,15 @@ func cmdUninstall(out io.Writer, args []string) error {
 			break
 		}
 	}
-	if !opts.DryRun {
+	if !opts.DryRun && !unload {
 		fmt.Fprintln(out, "patu stays loaded until: systemctl disable --now patu; patu unload")
 	}
 	return nil
 }
 
-// parseInstallFlags returns nil options (and no error) after printing help.
-func parseInstallFlags(out io.Writer, cmd string, args []string) (*install.Options, error) {
+// parseInstallFlags returns nil options (and no error) after printing help;
+// unload is uninstall's --unload.
+func parseInstallFlags(out io.Writer, cmd string, args []string) (_ *install.Options, unload bool, _ error) {
 	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	var o install.Options
@@ -132,26 +148,31 @@ func parseInstallFlags(out io.Writer, cmd string, args []string) (*install.Optio
 	fs.StringVar(&o.HooksDir, "hooks-dir", "", "")
 	cni := fs.String("patu-cni", "", "")
 	fs.BoolVar(&o.DryRun, "dry-run", false, "")
+	fs.BoolVar(&o.CNIOnly, "cni-only", false, "")
+	fs.BoolVar(&o.Chain, "chain", false, "")
+	if cmd == "uninstall" {
+		fs.BoolVar(&unload, "unload", false, "")
+	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprint(out, installUsage)
-			return nil, nil
+			return nil, false, nil
 		}
-		return nil, usagef("%s: %v", cmd, err)
+		return nil, false, usagef("%s: %v", cmd, err)
 	}
 	if fs.NArg() > 0 {
-		return nil, usagef("%s takes no arguments, got %q", cmd, fs.Args())
+		return nil, false, usagef("%s takes no arguments, got %q", cmd, fs.Args())
 	}
 	if o.Profile == "" {
-		return nil, usagef("%s needs --profile k3s, containerd or podman", cmd)
+		return nil, false, usagef("%s needs --profile k3s, containerd or podman", cmd)
 	}
 	if _, err := install.Defaults(o.Profile); err != nil {
-		return nil, usagef("%s: %v", cmd, err)
+		return nil, false, usagef("%s: %v", cmd, err)
 	}
 	if *cni != "" {
 		o.Binaries = map[string]string{"patu-cni": *cni}
 	}
-	return &o, nil
+	return &o, unload, nil
 }
 
 func printChanges(out io.Writer, changes []install.Change, dryRun bool) {
