@@ -182,10 +182,13 @@ cleanup() {
 	[ -n "$RUN" ] && rm -rf "$RUN"
 	if [ "${KX_HOST:-1}" != 0 ]; then
 		local d
-		for d in /sys/fs/bpf/patu-kx* /sys/fs/bpf/patu-it-kx*; do [ -e "$d" ] && rm -rf "$d"; done
+		for d in /sys/fs/bpf/patu-kx* /sys/fs/bpf/patu-it-kx*; do
+			if [ -e "$d" ]; then rm -rf "$d"; fi
+		done
 	fi
 }
-trap cleanup EXIT
+# An EXIT trap's last status becomes the script's: keep the run's own.
+trap 'st=$?; cleanup; exit $st' EXIT
 trap 'exit 130' INT TERM
 
 # What runs in each guest, and on the host: name, binary, go test flags.
