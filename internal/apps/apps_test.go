@@ -81,6 +81,7 @@ func TestPathsFromEnv(t *testing.T) {
 		{"", DefaultPaths, false},
 		{"patu-socket", []Path{Bridge, PatuSocket}, false},
 		{"bridge,patu,patu-socket", []Path{Bridge, Patu, PatuSocket}, false},
+		{"patu-clusterip", []Path{Bridge, PatuClusterIP}, false},
 		{"socket", nil, true},
 	} {
 		t.Setenv("PATU_APPS_PATHS", tc.env)
@@ -88,6 +89,29 @@ func TestPathsFromEnv(t *testing.T) {
 		if (err != nil) != tc.err || (!tc.err && !reflect.DeepEqual(got, tc.want)) {
 			t.Errorf("PATU_APPS_PATHS=%q: %v, %v; want %v (error %v)", tc.env, got, err, tc.want, tc.err)
 		}
+	}
+}
+
+// TestClusterIP: the Services in front of the pods sit in the node's
+// service range, one per pod and family, clear of the synthetic ones.
+func TestClusterIP(t *testing.T) {
+	seen := map[netip.Addr]bool{}
+	for i := 1; i <= 2; i++ {
+		for _, v6 := range []bool{false, true} {
+			a := clusterIP(i, v6)
+			cidr := map[bool]netip.Prefix{false: serviceCIDR4, true: serviceCIDR6}[v6]
+			if !cidr.Contains(a) || seen[a] {
+				t.Errorf("clusterIP(%d, %v) = %s: want a new address in %s", i, v6, a, cidr)
+			}
+			// The 20 synthetic services take the 10th to 29th addresses.
+			if s := a.As16(); s[14] == 0 && s[15] < 64 {
+				t.Errorf("clusterIP(%d, %v) = %s: among the synthetic services", i, v6, a)
+			}
+			seen[a] = true
+		}
+	}
+	if got := podServices(Patu, nil); got != nil {
+		t.Errorf("podServices on the patu path: %v, want none", got)
 	}
 }
 
@@ -107,6 +131,15 @@ func TestCompare(t *testing.T) {
 	}
 	if errs := Compare(Outcome{Errors: []string{"x"}}, fast); len(errs) != 1 {
 		t.Errorf("a failed bridge run is no baseline: %q", errs)
+	}
+	svc := fast
+	svc.Path = PatuClusterIP
+	if errs := Compare(bridge, svc); len(errs) != 1 || !strings.HasPrefix(errs[0], "no connection admitted through") {
+		t.Errorf("through a Service, nothing matched across the translation: %q", errs)
+	}
+	svc.Stats.Local.AdmittedNAT = 1
+	if errs := Compare(bridge, svc); len(errs) != 0 {
+		t.Errorf("through a Service, matched: %q", errs)
 	}
 }
 

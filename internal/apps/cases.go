@@ -141,7 +141,7 @@ frontend fe
 	default_backend be
 backend be
 	server nginx %s:8081
-`, e.Pods[1].IPv4, e.Pods[2].IPv4)
+`, e.Pods[1].IPv4, e.To(2))
 			conf, err := writeFile(e.Dir, "haproxy.cfg", cfg)
 			if err != nil {
 				return Observed{}, err
@@ -155,7 +155,7 @@ backend be
 			}
 			out, err := e.Run(ctx, e.Pods[0], "bash", "-c", fmt.Sprintf(
 				"set -o pipefail; for i in $(seq %d); do curl -sS --fail -o - http://%s:8080/%s | md5sum || exit 1; done",
-				n, e.Pods[1].IPv4, baseName(file)))
+				n, e.To(1), baseName(file)))
 			d, cerr := md5Lines(out, n, sum)
 			if err == nil {
 				err = cerr
@@ -190,7 +190,7 @@ func (r *Runner) nginxCase(name string, sendfile bool) Case {
 			}
 			out, err := e.Run(ctx, e.Pods[0], "bash", "-c", fmt.Sprintf(
 				"set -o pipefail; for i in $(seq %d); do %s http://%s:8081/%s | md5sum || exit 1; done",
-				n, client, e.Pods[1].IPv4, baseName(file)))
+				n, client, e.To(1), baseName(file)))
 			d, cerr := md5Lines(out, n, sum)
 			if err == nil {
 				err = cerr
@@ -222,7 +222,7 @@ func (r *Runner) ncMD5Case() Case {
 			if err := e.Listen(ctx, srv, 9000); err != nil {
 				return Observed{}, err
 			}
-			if _, err := e.RunSh(ctx, e.Pods[0], fmt.Sprintf("nc -N %s 9000 < %s", e.Pods[1].IPv4, file)); err != nil {
+			if _, err := e.RunSh(ctx, e.Pods[0], fmt.Sprintf("nc -N %s 9000 < %s", e.To(1), file)); err != nil {
 				return Observed{}, err
 			}
 			out, err := srv.Wait(ctx)
@@ -252,7 +252,7 @@ func (r *Runner) ncNullCase() Case {
 				return Observed{}, err
 			}
 			// nc exits 0 only once it wrote everything to the socket.
-			out, err := e.RunSh(ctx, e.Pods[0], fmt.Sprintf("head -c %d /dev/zero | nc -N %s 9001 && echo sent %d", size, e.Pods[1].IPv4, size))
+			out, err := e.RunSh(ctx, e.Pods[0], fmt.Sprintf("head -c %d /dev/zero | nc -N %s 9001 && echo sent %d", size, e.To(1), size))
 			if err != nil {
 				return Observed{}, err
 			}
@@ -293,14 +293,14 @@ func (r *Runner) socatCase() Case {
 				return Observed{}, err
 			}
 			relay, err := e.Start(e.Pods[1], "socat", "-t", halfClose, fmt.Sprintf("TCP-LISTEN:9002,bind=%s,reuseaddr", e.Pods[1].IPv4),
-				fmt.Sprintf("TCP:%s:9003", e.Pods[2].IPv4))
+				fmt.Sprintf("TCP:%s:9003", e.To(2)))
 			if err != nil {
 				return Observed{}, err
 			}
 			if err := e.Listen(ctx, relay, 9002); err != nil {
 				return Observed{}, err
 			}
-			got, err := e.RunSh(ctx, e.Pods[0], fmt.Sprintf("socat -t %s - TCP:%s:9002 < %s | md5sum", halfClose, e.Pods[1].IPv4, f1))
+			got, err := e.RunSh(ctx, e.Pods[0], fmt.Sprintf("socat -t %s - TCP:%s:9002 < %s | md5sum", halfClose, e.To(1), f1))
 			if err != nil {
 				return Observed{}, err
 			}
@@ -335,7 +335,7 @@ func (r *Runner) pythonCase() Case {
 			if err != nil {
 				return Observed{}, err
 			}
-			return e.duplex(ctx, duplexRun{prog: "python3", args: []string{script}, addr: e.Pods[1].IPv6, port: 9006, conns: conns, each: each})
+			return e.duplex(ctx, duplexRun{prog: "python3", args: []string{script}, bind: e.Pods[1].IPv6, dial: e.To6(1), port: 9006, conns: conns, each: each})
 		},
 	}
 }
@@ -356,7 +356,7 @@ func (r *Runner) javaCase() Case {
 			}
 			// Start-up matters more than peak speed here.
 			return e.duplex(ctx, duplexRun{prog: "java", args: []string{"-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Xss512k", src},
-				addr: e.Pods[1].IPv4, port: 9007, conns: conns, each: each})
+				bind: e.Pods[1].IPv4, dial: e.To(1), port: 9007, conns: conns, each: each})
 		},
 	}
 }
@@ -368,24 +368,24 @@ func (r *Runner) javaCase() Case {
 type duplexRun struct {
 	prog        string
 	args        []string
-	addr        netip.Addr
+	bind, dial  netip.Addr // the server's address, and the one its client dials
 	port, conns int
 	each        int64
 }
 
 // duplex runs d's server in pod 1 and its client in pod 0.
 func (e *Env) duplex(ctx context.Context, d duplexRun) (Observed, error) {
-	args := func(mode string) []string {
-		return append(slices.Clone(d.args), mode, d.addr.String(), fmt.Sprint(d.port), fmt.Sprint(d.conns), fmt.Sprint(d.each))
+	args := func(mode string, addr netip.Addr) []string {
+		return append(slices.Clone(d.args), mode, addr.String(), fmt.Sprint(d.port), fmt.Sprint(d.conns), fmt.Sprint(d.each))
 	}
-	srv, err := e.Start(e.Pods[1], d.prog, args("server")...)
+	srv, err := e.Start(e.Pods[1], d.prog, args("server", d.bind)...)
 	if err != nil {
 		return Observed{}, err
 	}
 	if err := e.Listen(ctx, srv, d.port); err != nil {
 		return Observed{}, err
 	}
-	out, err := e.Run(ctx, e.Pods[0], d.prog, args("client")...)
+	out, err := e.Run(ctx, e.Pods[0], d.prog, args("client", d.dial)...)
 	if err != nil {
 		return Observed{Digest: lastLine(out)}, err
 	}
@@ -424,7 +424,8 @@ func (r *Runner) redisCase() Case {
 			if err := e.Listen(ctx, srv, 6379); err != nil {
 				return Observed{}, err
 			}
-			out, err := e.Run(ctx, e.Pods[0], "redis-benchmark", "-h", b, "-p", "6379", "-c", "20", "-n", fmt.Sprint(requests),
+			to := e.To(1).String()
+			out, err := e.Run(ctx, e.Pods[0], "redis-benchmark", "-h", to, "-p", "6379", "-c", "20", "-n", fmt.Sprint(requests),
 				"-d", "256", "-t", "set,get,incr,lpush,lpop", "-q")
 			if err != nil {
 				return Observed{}, err
@@ -436,14 +437,14 @@ func (r *Runner) redisCase() Case {
 			// SET key:i <value> in RESP, for --pipe; GET key:i for the read.
 			load, err := e.RunSh(ctx, e.Pods[0], fmt.Sprintf(
 				`awk '{printf "*3\r\n$3\r\nSET\r\n$%%d\r\nkey:%%d\r\n$%%d\r\n%%s\r\n", length("key:" NR-1), NR-1, length($0), $0}' %s | redis-cli -h %s --pipe`,
-				values, b))
+				values, to))
 			if err != nil {
 				return Observed{}, err
 			}
 			if !strings.Contains(load, "errors: 0, replies: "+fmt.Sprint(keys)) {
 				return Observed{}, fmt.Errorf("redis-cli --pipe: %s", tail(load))
 			}
-			got, err := e.RunSh(ctx, e.Pods[0], fmt.Sprintf(`seq 0 %d | sed 's/^/GET key:/' | redis-cli -h %s --raw | md5sum`, keys-1, b))
+			got, err := e.RunSh(ctx, e.Pods[0], fmt.Sprintf(`seq 0 %d | sed 's/^/GET key:/' | redis-cli -h %s --raw | md5sum`, keys-1, to))
 			if err != nil {
 				return Observed{}, err
 			}
@@ -495,7 +496,7 @@ func (r *Runner) memcachedCase() Case {
 			if err := e.Listen(ctx, srv, 11211); err != nil {
 				return Observed{}, err
 			}
-			servers := "--servers=" + b + ":11211"
+			servers := "--servers=" + e.To(1).String() + ":11211"
 			if _, err := e.Run(ctx, e.Pods[0], "memccp", append([]string{servers}, names...)...); err != nil {
 				return Observed{}, err
 			}
@@ -549,7 +550,7 @@ func (r *Runner) goStreamCase(name string, rate int) Case {
 			if err := e.Listen(ctx, srv, 9008); err != nil {
 				return Observed{}, err
 			}
-			res, err := e.peer(ctx, e.Pods[0], "--connect", addr, "--mode", "stream", "--bytes", fmt.Sprint(size))
+			res, err := e.peer(ctx, e.Pods[0], "--connect", netip.AddrPortFrom(e.To(1), 9008).String(), "--mode", "stream", "--bytes", fmt.Sprint(size))
 			if err != nil {
 				return Observed{}, err
 			}
@@ -581,7 +582,7 @@ func (r *Runner) goStalledCase() Case {
 			if err := e.Listen(ctx, srv, 9009); err != nil {
 				return Observed{}, err
 			}
-			cl, err := e.Start(e.Pods[0], r.peerBin, "client", "--connect", addr, "--mode", "stream", "--bytes", fmt.Sprint(1<<30))
+			cl, err := e.Start(e.Pods[0], r.peerBin, "client", "--connect", netip.AddrPortFrom(e.To(1), 9009).String(), "--mode", "stream", "--bytes", fmt.Sprint(1<<30))
 			if err != nil {
 				return Observed{}, err
 			}
@@ -647,7 +648,7 @@ func (r *Runner) goProxyCase() Case {
 				return Observed{}, err
 			}
 			got, err := e.RunSh(ctx, e.Pods[0], fmt.Sprintf("{ echo %s:9011; cat %s; } | socat -t %s - TCP:%s:9010 | md5sum",
-				e.Pods[2].IPv4, f1, halfClose, e.Pods[1].IPv4))
+				e.To(2), f1, halfClose, e.To(1)))
 			if err != nil {
 				return Observed{}, err
 			}

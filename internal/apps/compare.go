@@ -24,6 +24,11 @@ func Compare(bridge, o Outcome) []string {
 		errs = append(errs, fmt.Sprintf("not accelerated: the bridge delivered %d bytes to the pods (%d on the bridge path), Patu carried %d",
 			o.Stats.VethTx, bridge.Stats.VethTx, o.Stats.PatuBytes))
 	}
+	// Through a Service the connections can only have been carried by
+	// matching the two ends across kube-proxy's DNAT.
+	if o.Path == PatuClusterIP && o.Stats.Local.AdmittedNAT == 0 {
+		errs = append(errs, "no connection admitted through the Service's translation (admitted_nat 0)")
+	}
 	return errs
 }
 

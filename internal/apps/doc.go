@@ -1,8 +1,10 @@
 // Package apps is Patu's real-application suite: stock Debian programs
 // (HAProxy, nginx, curl, wget, netcat, socat, Python, Java, postgres,
 // redis, memcached) and Go programs moving bytes between pods, each case
-// run on the bridge path (no Patu), on Patu's default packet path and,
-// when asked, on the opt-in socket path. test/apps runs it as a test
+// run on the bridge path (no Patu), on Patu's default packet path, on it
+// with every client dialing its server through a Service (kube-proxy's
+// DNAT in the node; Patu is told nothing of the Service) and, when asked,
+// on the opt-in socket path. test/apps runs it as a test
 // tier, test/bench (-only apps) as a benchmark section.
 //
 // Every run of a case gets a fresh topology (internal/testnet) whose node

@@ -107,7 +107,7 @@ func (r *Runner) postgresCase() Case {
 				return Observed{}, err
 			}
 			// The server accepts connections a moment after it listens.
-			conn := fmt.Sprintf("-h %s -p 5432 -U postgres", b)
+			conn := fmt.Sprintf("-h %s -p 5432 -U postgres", e.To(1))
 			if _, err := e.RunSh(ctx, e.Pods[0], fmt.Sprintf("for i in $(seq 100); do pg_isready -q %s && exit 0; sleep 0.1; done; exit 1", conn)); err != nil {
 				return Observed{}, fmt.Errorf("postgres not ready: %w", err)
 			}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -33,6 +34,23 @@ type Env struct {
 	mu       sync.Mutex
 	procs    []*Proc
 	stopErrs []string
+}
+
+// To is the address a client dials to reach pod i: the pod's own, or on
+// PatuClusterIP a Service's cluster IP whose one endpoint is pod i.
+func (e *Env) To(i int) netip.Addr {
+	if e.Path == PatuClusterIP {
+		return clusterIP(i, false)
+	}
+	return e.Pods[i].IPv4
+}
+
+// To6 is To for IPv6.
+func (e *Env) To6(i int) netip.Addr {
+	if e.Path == PatuClusterIP {
+		return clusterIP(i, true)
+	}
+	return e.Pods[i].IPv6
 }
 
 // Proc is a program started in a pod.

@@ -209,9 +209,9 @@ func (r *Runner) setup(c Case, p Path) (*topo, error) {
 		PodSubnet4: r.cfg.Subnet4, PodSubnet6: r.cfg.Subnet6,
 		// Kubernetes-shaped rules around the pods, addressed where no
 		// case connects: only the pods' own traffic is measured.
-		ServiceCIDR4: netip.MustParsePrefix("10.210.240.0/20"), ServiceCIDR6: netip.MustParsePrefix("fd00:210::f:0/112"),
+		ServiceCIDR4: serviceCIDR4, ServiceCIDR6: serviceCIDR6,
 		RemotePods4: netip.MustParsePrefix("10.210.224.0/20"), RemotePods6: netip.MustParsePrefix("fd00:210::e:0/112"),
-		Services: 20})
+		Services: 20, Extra: podServices(p, t.net.Pods)})
 	if err != nil {
 		return t, fmt.Errorf("node path: %w", err)
 	}
@@ -239,6 +239,41 @@ func (r *Runner) setup(c Case, p Path) (*topo, error) {
 		}
 	}
 	return t, nil
+}
+
+var (
+	serviceCIDR4 = netip.MustParsePrefix("10.210.240.0/20")
+	serviceCIDR6 = netip.MustParsePrefix("fd00:210::f:0/112")
+)
+
+// clusterIP is the address of the Service in front of pod i, at the top
+// of the service range, away from the synthetic services at its bottom.
+func clusterIP(i int, v6 bool) netip.Addr {
+	if v6 {
+		a := serviceCIDR6.Addr().As16()
+		a[14], a[15] = 0xff, byte(i)
+		return netip.AddrFrom16(a)
+	}
+	a := serviceCIDR4.Addr().As4()
+	a[2], a[3] = 255, byte(i)
+	return netip.AddrFrom4(a)
+}
+
+// podServices are, on PatuClusterIP, one Service per family in front of
+// every pod but the client, as kube-proxy renders them: any port (the
+// cases pick theirs) kept by the DNAT.
+func podServices(p Path, pods []*testnet.Pod) []nodepath.Service {
+	if p != PatuClusterIP {
+		return nil
+	}
+	var out []nodepath.Service
+	for i, pod := range pods[1:] {
+		for _, ep := range []netip.Addr{pod.IPv4, pod.IPv6} {
+			out = append(out, nodepath.Service{Name: fmt.Sprintf("apps/%s:any", pod.Name),
+				ClusterIP: clusterIP(i+1, ep.Is6()), Endpoints: []netip.Addr{ep}})
+		}
+	}
+	return out
 }
 
 // sweep removes what a crashed run with the same prefix left behind.

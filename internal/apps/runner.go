@@ -27,14 +27,18 @@ const (
 	Patu Path = "patu"
 	// PatuSocket is Patu with every pod opted in to the socket path.
 	PatuSocket Path = "patu-socket"
+	// PatuClusterIP is Patu's default with every client dialing its
+	// server through a Service: kube-proxy's DNAT in the node picks the
+	// pod, and Patu is told nothing about the Service.
+	PatuClusterIP Path = "patu-clusterip"
 )
 
 // DefaultPaths are the paths a run covers unless PATU_APPS_PATHS says
 // otherwise: the socket path is opt-in for applications, and so here.
-var DefaultPaths = []Path{Bridge, Patu}
+var DefaultPaths = []Path{Bridge, Patu, PatuClusterIP}
 
 // PathsFromEnv returns the paths PATU_APPS_PATHS names (comma-separated:
-// bridge, patu, patu-socket), DefaultPaths when it is empty. The bridge
+// bridge, patu, patu-socket, patu-clusterip), DefaultPaths when it is empty. The bridge
 // path is always first: the others are compared with it.
 func PathsFromEnv() ([]Path, error) {
 	v := strings.TrimSpace(os.Getenv("PATU_APPS_PATHS"))
@@ -45,10 +49,10 @@ func PathsFromEnv() ([]Path, error) {
 	for _, s := range strings.Split(v, ",") {
 		switch p := Path(strings.TrimSpace(s)); p {
 		case Bridge, "":
-		case Patu, PatuSocket:
+		case Patu, PatuSocket, PatuClusterIP:
 			out = append(out, p)
 		default:
-			return nil, fmt.Errorf("PATU_APPS_PATHS: unknown path %q (want bridge, patu, patu-socket)", s)
+			return nil, fmt.Errorf("PATU_APPS_PATHS: unknown path %q (want bridge, patu, patu-socket, patu-clusterip)", s)
 		}
 	}
 	return out, nil
