@@ -150,6 +150,13 @@ func (p *Plugin) register(log *logger, pinDir string, args *skel.CmdArgs, res *c
 		log.Warn("labels too long for the pod record: left out", "fields", strings.Join(dropped, ", "))
 	}
 
+	// Other writers (the daemon, another pod's DEL) wait: see pods.Lock.
+	unlock, err := pods.Lock(dp, pods.DefaultLockTimeout)
+	if err != nil {
+		log.Warn("pod not registered", "error", err)
+		return
+	}
+	defer unlock()
 	got, err := pods.Register(dp, pod)
 	if err != nil {
 		// A record may be left without all its endpoints; DEL, GC and the
@@ -199,6 +206,12 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 		return nil
 	}
 	defer dp.Close()
+	unlock, err := pods.Lock(dp, pods.DefaultLockTimeout)
+	if err != nil {
+		log.Warn("pod not unregistered", "error", err)
+		return nil
+	}
+	defer unlock()
 	found, err := pods.Unregister(dp, args.ContainerID)
 	switch {
 	case err != nil:
@@ -319,6 +332,11 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 		return fmt.Errorf("patu: open datapath in %s: %w", conf.pinDir(), err)
 	}
 	defer dp.Close()
+	unlock, err := pods.Lock(dp, pods.DefaultLockTimeout)
+	if err != nil {
+		return fmt.Errorf("patu: gc: %w", err)
+	}
+	defer unlock()
 	all, err := dp.Pods()
 	if err != nil {
 		return fmt.Errorf("patu: %w", err)

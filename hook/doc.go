@@ -30,7 +30,8 @@
 // what a runtime sends (an unknown stage, a malformed state) is refused.
 //
 // Hooks of concurrent container starts run in parallel; Run serialises the
-// map updates of hooks on one pin directory with a flock on that directory,
-// so an address that one container releases and the next one takes is
-// never deleted by the first one's poststop.
+// map updates of hooks on one pin directory with the directory's writer
+// lock (pods.Lock), which patu-cni and the daemon take too, so an address
+// that one container releases and the next one takes is never deleted by
+// the first one's poststop.
 package hook

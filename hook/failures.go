@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/patu-dev/patu/pods"
 )
 
 // DefaultStateDir is where `patu hook` counts its failures.
@@ -65,7 +67,7 @@ func CountFailure(stateDir string, f Failure) (Failures, error) {
 	if err := os.MkdirAll(stateDir, 0o755); err != nil {
 		return Failures{}, fmt.Errorf("count hook failure: %w", err)
 	}
-	unlock, err := lockDir(stateDir, DefaultLockTimeout)
+	unlock, err := pods.LockDir(stateDir, DefaultLockTimeout)
 	if err != nil {
 		return Failures{}, fmt.Errorf("count hook failure: %w", err)
 	}

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"slices"
 	"time"
 
@@ -32,9 +31,9 @@ const (
 // DefaultNamespace is the namespace of records whose container names none.
 const DefaultNamespace = "podman"
 
-// DefaultLockTimeout bounds the wait for other hooks on the same pin
-// directory. Each holds the lock for about a millisecond.
-const DefaultLockTimeout = 5 * time.Second
+// DefaultLockTimeout bounds the wait for other writers of the same pin
+// directory (pods.Lock). Each holds the lock for about a millisecond.
+const DefaultLockTimeout = pods.DefaultLockTimeout
 
 // Options configures Run.
 type Options struct {
@@ -332,38 +331,10 @@ func openLocked(pinDir string, timeout time.Duration) (*bpf.Datapath, func(), er
 	if err != nil {
 		return nil, nil, err
 	}
-	unlock, err := lockDir(dp.PinDir(), timeout)
+	unlock, err := pods.Lock(dp, timeout)
 	if err != nil {
 		dp.Close()
 		return nil, nil, err
 	}
 	return dp, unlock, nil
-}
-
-// lockDir takes an exclusive flock on the directory dir, polling up to
-// timeout: a blocking flock could not be abandoned, and a hook must not
-// hang a container start behind a stuck one.
-func lockDir(dir string, timeout time.Duration) (func(), error) {
-	f, err := os.Open(dir)
-	if err != nil {
-		return nil, fmt.Errorf("lock %s: %w", dir, err)
-	}
-	deadline := time.Now().Add(timeout)
-	wait := 100 * time.Microsecond
-	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			return func() { f.Close() }, nil // closing releases the lock
-		}
-		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
-			f.Close()
-			return nil, fmt.Errorf("lock %s: %w", dir, err)
-		}
-		if time.Now().After(deadline) {
-			f.Close()
-			return nil, fmt.Errorf("lock %s: another patu hook held it for %s", dir, timeout)
-		}
-		time.Sleep(wait)
-		wait = min(2*wait, 5*time.Millisecond)
-	}
 }

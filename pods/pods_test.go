@@ -3,6 +3,7 @@ package pods
 import (
 	"errors"
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 
@@ -133,5 +134,55 @@ func TestRegisterNewAddressDropsTheOld(t *testing.T) {
 	eps, _ := dp.Endpoints()
 	if len(eps) != 1 || eps[0].IP != cur {
 		t.Fatalf("endpoints %+v, want only %s", eps, cur)
+	}
+}
+
+// TestConcurrentWritersUnderLock: a pod's DEL (patu-cni) and a late
+// registration of the same pod (the daemon) race, as they do under churn.
+// Each writer holds the pin directory's lock, as every caller does, so
+// afterwards the record and its endpoint exist together or not at all: no
+// endpoint is left that no record holds. (Without the lock this fails
+// within a few hundred rounds on two CPUs.)
+func TestConcurrentWritersUnderLock(t *testing.T) {
+	dp := load(t)
+	ip := netip.MustParseAddr("10.205.1.9")
+	pod := bpf.Pod{ID: "sb-race", IPs: []netip.Addr{ip}, Source: bpf.PodFromCNI}
+	locked := func(f func() error) error {
+		unlock, err := Lock(dp, DefaultLockTimeout)
+		if err != nil {
+			return err
+		}
+		defer unlock()
+		return f()
+	}
+	for i := range 300 {
+		if _, err := Register(dp, pod); err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		errs := make([]error, 2)
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			errs[0] = locked(func() error { _, err := Unregister(dp, pod.ID); return err })
+		}()
+		go func() {
+			defer wg.Done()
+			p := pod
+			p.Source = bpf.PodFromRuntime
+			errs[1] = locked(func() error { _, err := Register(dp, p); return err })
+		}()
+		wg.Wait()
+		if err := errors.Join(errs...); err != nil {
+			t.Fatal(err)
+		}
+		_, recErr := dp.LookupPod(pod.ID)
+		eps, _ := dp.Endpoints()
+		if (recErr == nil) != (len(eps) == 1) {
+			t.Fatalf("round %d: record found %v, endpoints %+v: one without the other", i, recErr == nil, eps)
+		}
+		if _, err := Unregister(dp, pod.ID); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -80,7 +80,9 @@ type Watcher struct {
 	born  time.Time // when New made the watcher
 
 	// write serialises changes to the data plane between the reconcile
-	// and early attaches; taken before mu, never while holding it.
+	// and early attaches; taken before mu, never while holding it, and
+	// with it the pin directory's lock that other processes' writers
+	// (patu-cni, patu hook) take (lockWrite).
 	write sync.Mutex
 	mu    sync.Mutex
 	pods  map[string]*podState
@@ -379,9 +381,11 @@ func (w *Watcher) attachEarly(ev runtime.Event) bool {
 	dirs := w.containerCgroups(pod.id)
 	w.mu.Unlock()
 
-	w.write.Lock()
-	err = pods.SetCgroups(w.cfg.Datapath, pod.id, dirs)
-	w.write.Unlock()
+	unlock, err := w.lockWrite()
+	if err == nil {
+		err = pods.SetCgroups(w.cfg.Datapath, pod.id, dirs)
+		unlock()
+	}
 	if err != nil {
 		w.log.Debug("early attach failed; the reconcile retries", "sandbox", pod.id, "container", ev.ID, "error", err)
 		return true
@@ -489,9 +493,11 @@ func (w *Watcher) reconcile(ctx context.Context) error {
 		if !r.Confirmed && now.Sub(r.Created) < w.cfg.Grace {
 			continue // recorded by CNI ADD; its sandbox is not listed yet
 		}
-		w.write.Lock()
-		_, err := pods.Unregister(w.cfg.Datapath, id)
-		w.write.Unlock()
+		unlock, err := w.lockWrite()
+		if err == nil {
+			_, err = pods.Unregister(w.cfg.Datapath, id)
+			unlock()
+		}
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -619,8 +625,11 @@ func (w *Watcher) syncPod(ctx context.Context, s cri.Sandbox, containers []cri.C
 	// From here on the data plane changes: one writer at a time, and the
 	// cgroup set is computed under the same lock that applies it, so an
 	// early attach in between is never undone.
-	w.write.Lock()
-	defer w.write.Unlock()
+	unlock, err := w.lockWrite()
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	rec, err := w.cfg.Datapath.LookupPod(s.ID)
 	if err != nil && !errors.Is(err, bpf.ErrPodNotFound) {
 		return err
@@ -686,13 +695,29 @@ func (w *Watcher) syncPod(ctx context.Context, s cri.Sandbox, containers []cri.C
 	return nil
 }
 
+// lockWrite takes write and the pin directory's lock (pods.Lock): a CNI
+// DEL of one pod and the daemon's registration of an address it reuses
+// must not interleave.
+func (w *Watcher) lockWrite() (unlock func(), err error) {
+	w.write.Lock()
+	release, err := pods.Lock(w.cfg.Datapath, pods.DefaultLockTimeout)
+	if err != nil {
+		w.write.Unlock()
+		return nil, err
+	}
+	return func() { release(); w.write.Unlock() }, nil
+}
+
 // sweepOrphans removes the pins of attachments whose cgroup is gone and
 // that no pod record owns. The CNI plugin's DEL runs in another process:
 // it can read a record just before the watcher adds a cgroup to it, and
 // delete it after, which leaves that attachment to nobody.
 func (w *Watcher) sweepOrphans() error {
-	w.write.Lock()
-	defer w.write.Unlock()
+	unlock, err := w.lockWrite()
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	atts, err := w.cfg.Datapath.Attachments()
 	if err != nil {
 		return err
