@@ -150,8 +150,8 @@ func suite(t *testing.T, cfg nodeConfig) {
 		eps, _ := dp.Endpoints()
 		// Only a and b remain (the lab's only other pods).
 		if len(all) != 2 || len(eps) != len(recA.IPs)+len(recB.IPs) || len(atts) != 2 {
-			t.Fatalf("after churn: %d pods, %d endpoints, %d attachments; want 2, %d, 2",
-				len(all), len(eps), len(atts), len(recA.IPs)+len(recB.IPs))
+			t.Fatalf("after churn: %d pods, %d endpoints, %d attachments; want 2, %d, 2 (endpoints %+v)",
+				len(all), len(eps), len(atts), len(recA.IPs)+len(recB.IPs), eps)
 		}
 		// Go returns freed memory to the OS lazily; give it a moment.
 		var rss1 int64
