@@ -515,6 +515,15 @@ static __always_inline int local_tcp(struct __sk_buff *skb, struct local_key *k,
 		__builtin_memcpy(pkey.ip, k->src, sizeof(pkey.ip));
 		pkey.isn = pk->seq;
 		pkey.port = k->sport;
+		/* A retransmitted SYN (same address, port and ISN, to the same
+		 * address) keeps what the server's answer set: the client may
+		 * still acknowledge that SYN-ACK, and resetting it here would
+		 * leave the connection on the normal path. */
+		p = bpf_map_lookup_elem(&patu_local_pending, &pkey);
+		if (p && p->client_veth == skb->ifindex && addr_eq(p->dialed, k->dst) && p->dialed_port == k->dport) {
+			lcount(LC_SYN, 1);
+			return TC_NEXT;
+		}
 		np.state = LOCAL_SYN;
 		np.client_veth = skb->ifindex;
 		__builtin_memcpy(np.dialed, k->dst, sizeof(np.dialed));

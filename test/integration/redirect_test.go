@@ -179,7 +179,8 @@ func TestShortConnections(t *testing.T) {
 					switch m {
 					case packetPath:
 						if n := l1.Admitted - l0.Admitted; n < 2000 {
-							t.Errorf("only %d of 2000 connections admitted to the packet path", n)
+							t.Errorf("only %d of 2000 connections admitted to the packet path (SYNs %d, flow table full %d, opted out %d)",
+								n, l1.SYNs-l0.SYNs, l1.AdmitFull-l0.AdmitFull, l1.OptedOut-l0.OptedOut)
 						}
 					case socketPath:
 						if n := c1.SocketsInserted - c0.SocketsInserted; n < 4000 {
