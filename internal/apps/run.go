@@ -207,8 +207,9 @@ func (r *Runner) setup(c Case, p Path) (*topo, error) {
 	// The rules live in the node namespace and go with it: no undo.
 	_, err = nodepath.Apply(t.net.Node.NetnsPath, nodepath.Config{Bridge: t.net.Bridge,
 		PodSubnet4: r.cfg.Subnet4, PodSubnet6: r.cfg.Subnet6,
-		// Kubernetes-shaped rules around the pods, addressed where no
-		// case connects: only the pods' own traffic is measured.
+		// Kubernetes-shaped rules around the pods: synthetic services
+		// addressed where no case connects, and on PatuClusterIP one
+		// Service in front of each server pod, which its clients dial.
 		ServiceCIDR4: serviceCIDR4, ServiceCIDR6: serviceCIDR6,
 		RemotePods4: netip.MustParsePrefix("10.210.224.0/20"), RemotePods6: netip.MustParsePrefix("fd00:210::e:0/112"),
 		Services: 20, Extra: podServices(p, t.net.Pods)})
