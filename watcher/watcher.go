@@ -709,9 +709,10 @@ func (w *Watcher) lockWrite() (unlock func(), err error) {
 }
 
 // sweepOrphans removes the pins of attachments whose cgroup is gone and
-// that no pod record owns. The CNI plugin's DEL runs in another process:
-// it can read a record just before the watcher adds a cgroup to it, and
-// delete it after, which leaves that attachment to nobody.
+// that no pod record owns. Writers in other processes hold the same lock
+// (lockWrite), so none interleaves with this one; but a writer killed
+// between pinning an attachment and recording it (a CNI plugin timed out
+// by the runtime, a hook, this daemon) leaves that attachment to nobody.
 func (w *Watcher) sweepOrphans() error {
 	unlock, err := w.lockWrite()
 	if err != nil {
