@@ -126,10 +126,23 @@ type Event struct {
 	Source string
 }
 
+// deadlineSkew bounds how much earlier than ctx a server may act on its
+// deadline (the grpc-timeout it was sent, measured from its own receipt).
+const deadlineSkew = 100 * time.Millisecond
+
 // StreamError says why an event stream named what ended: ctx's error when
 // ctx is done, an error wrapping ErrUnsupported when the server does not
 // implement the call, "<closer> closed the stream" on EOF, err otherwise.
 func StreamError(ctx context.Context, what, closer string, err error, unimplemented bool) error {
+	// The server learns ctx's deadline and may end the stream by it a
+	// moment before ctx itself expires here: that end is still the
+	// caller's deadline, not a broken stream.
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < deadlineSkew {
+		select {
+		case <-ctx.Done():
+		case <-time.After(2 * deadlineSkew):
+		}
+	}
 	switch {
 	case ctx.Err() != nil:
 		return ctx.Err()
