@@ -34,6 +34,10 @@ type LocalFlow struct {
 	// pod's for the client's direction of a Service connection (the
 	// destination), the dialed one for the server's (the source).
 	Translated netip.AddrPort `json:"translated,omitempty"`
+	// Backlog is set once the direction carried a bulk packet: its packets
+	// then go through the peer's host veth and the CPU's backlog rather
+	// than straight into the pod (local.h says why).
+	Backlog bool `json:"backlog,omitempty"`
 	// Closing is set after RST or FIN both ways; the flow stays until
 	// Expires (CLOCK_MONOTONIC).
 	Closing bool          `json:"closing,omitempty"`
@@ -52,6 +56,7 @@ func localFlowOf(k xdpLocalKey, v xdpLocalFlow) LocalFlow {
 		Dst:        netip.AddrPortFrom(netip.AddrFrom16(wordsAddr(k.Dst)).Unmap(), ntohs(k.Dport)),
 		From:       v.From,
 		To:         v.To,
+		Backlog:    v.Via == uint8(xdpLocalViaLOCAL_VIA_BACKLOG),
 		Closing:    v.State == uint8(xdpLocalStateLOCAL_CLOSING),
 		Fin:        v.Fin != 0,
 		Expires:    time.Duration(v.Expires),
@@ -160,6 +165,11 @@ type LocalCounters struct {
 	RedirectBytes   uint64 `json:"redirect_bytes"`
 	// RedirectBig counts packets over 64 KiB among them: BIG TCP at work.
 	RedirectBig uint64 `json:"redirect_big"`
+	// BacklogPackets and BacklogBytes are the part of them that bulk
+	// directions handed to the peer's host veth (local.h says why): the
+	// host veth's own counters include them.
+	BacklogPackets uint64 `json:"backlog_packets"`
+	BacklogBytes   uint64 `json:"backlog_bytes"`
 	// ClosedFIN and ClosedRST count connections that ended; Expired the
 	// closed directions the program removed after their grace.
 	ClosedFIN uint64 `json:"closed_fin"`
@@ -209,6 +219,8 @@ func (d *Datapath) LocalCounters() (LocalCounters, error) {
 		RedirectPackets:  raw[xdpLocalCounterLC_REDIRECT_PKTS],
 		RedirectBytes:    raw[xdpLocalCounterLC_REDIRECT_BYTES],
 		RedirectBig:      raw[xdpLocalCounterLC_REDIRECT_BIG],
+		BacklogPackets:   raw[xdpLocalCounterLC_BACKLOG_PKTS],
+		BacklogBytes:     raw[xdpLocalCounterLC_BACKLOG_BYTES],
 		ClosedFIN:        raw[xdpLocalCounterLC_CLOSE_FIN],
 		ClosedRST:        raw[xdpLocalCounterLC_CLOSE_RST],
 		Expired:          raw[xdpLocalCounterLC_EXPIRED],

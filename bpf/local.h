@@ -63,6 +63,26 @@ enum local_state {
 	LOCAL_CLOSING,  /* RST, or FIN both ways: admitted until expires */
 };
 
+/* How an admitted direction's packets enter the other pod. Straight in
+ * (bpf_redirect_peer: the receiving pod's stack runs in the same softirq
+ * pass) is the lowest latency, but a bulk sender's data is transmitted
+ * both from its own syscalls, which deliver at once, and from the softirq
+ * that processes its ACKs, whose transmits wait in that CPU's backlog: the
+ * newer data overtakes the older, and the receiver's SACKs make the
+ * sender retransmit (measured: 30 to 50 times the bridge's fast
+ * retransmits with 1 MiB writes, and less throughput than the bridge).
+ * Handing a bulk direction's packets to the pod's host veth instead
+ * (bpf_redirect: one more pass through the backlog, as the bridge path
+ * has) queues both kinds of transmit alike. A direction moves once, from
+ * straight in to the backlog, at its first large packet: that move cannot
+ * reorder (what went straight in is already delivered), the reverse
+ * could, and is never made. */
+enum local_via {
+	LOCAL_VIA_PEER = 0,  /* straight in, until the first large packet */
+	LOCAL_VIA_BACKLOG,   /* through the host veth and the backlog */
+	LOCAL_VIA_PEER_ONLY, /* straight in always: the frame's MACs would not be the pod's */
+};
+
 enum local_nat {
 	LOCAL_NAT_DST = 1, /* the client's direction: dst becomes nat_ip:nat_port */
 	LOCAL_NAT_SRC = 2, /* the server's direction: src becomes nat_ip:nat_port */
@@ -77,10 +97,15 @@ struct local_flow {
 	__u8 nat;       /* enum local_nat, 0 for none */
 	__u8 macs;      /* mac_dst and mac_src are set (translated flows) */
 	__u16 nat_port; /* network order */
-	__u16 pad;
+	__u8 via;       /* enum local_via */
+	__u8 pad;
 	__u32 nat_ip[4];
-	__u8 mac_dst[6]; /* the peer pod's interface */
-	__u8 mac_src[6]; /* its gateway, as the routed path sets it */
+	/* The peer pod's interface and its gateway, where known: written into
+	 * translated packets (macs), compared with the frame's own destination
+	 * before a direction moves to the backlog (the pod's interface only
+	 * takes frames to its MAC when they come through its veth). */
+	__u8 mac_dst[6];
+	__u8 mac_src[6];
 	__u64 expires;  /* LOCAL_CLOSING: ktime after which the entry goes */
 	__u64 ct_seen;  /* ktime the conntrack entry was last kept alive */
 };
@@ -126,6 +151,8 @@ enum local_counter {
 	LC_ADMIT_NAT,        /* connections admitted through a destination translation */
 	LC_SKIP_SNAT,        /* SYN-ACK to a translated client (masquerade): not matched */
 	LC_SKIP_NAT_FAIL,    /* a translated packet the program could not rewrite */
+	LC_BACKLOG_PKTS,     /* of the redirected: through the peer's host veth */
+	LC_BACKLOG_BYTES,
 	LC_MAX,
 };
 
@@ -339,6 +366,18 @@ static __always_inline void local_admit(const struct local_key *k, const struct 
 	c.from = p->client_veth;
 	c.state = LOCAL_OPEN;
 	c.ct_seen = s.ct_seen;
+	c.via = LOCAL_VIA_PEER_ONLY;
+	s.via = LOCAL_VIA_PEER_ONLY;
+	if (!(sr->flags & ROUTE_NO_MACS)) {
+		c.via = LOCAL_VIA_PEER;
+		__builtin_memcpy(c.mac_dst, sr->pod_mac, 6);
+		__builtin_memcpy(c.mac_src, sr->host_mac, 6);
+	}
+	if (!(cr->flags & ROUTE_NO_MACS)) {
+		s.via = LOCAL_VIA_PEER;
+		__builtin_memcpy(s.mac_dst, cr->pod_mac, 6);
+		__builtin_memcpy(s.mac_src, cr->host_mac, 6);
+	}
 	if (nat) {
 		/* As the routed path delivers it: from the gateway, to the pod. */
 		c.nat = LOCAL_NAT_DST;
@@ -347,16 +386,8 @@ static __always_inline void local_admit(const struct local_key *k, const struct 
 		s.nat = LOCAL_NAT_SRC;
 		__builtin_memcpy(s.nat_ip, p->dialed, sizeof(s.nat_ip));
 		s.nat_port = p->dialed_port;
-		if (!(sr->flags & ROUTE_NO_MACS)) {
-			c.macs = 1;
-			__builtin_memcpy(c.mac_dst, sr->pod_mac, 6);
-			__builtin_memcpy(c.mac_src, sr->host_mac, 6);
-		}
-		if (!(cr->flags & ROUTE_NO_MACS)) {
-			s.macs = 1;
-			__builtin_memcpy(s.mac_dst, cr->pod_mac, 6);
-			__builtin_memcpy(s.mac_src, cr->host_mac, 6);
-		}
+		c.macs = c.via == LOCAL_VIA_PEER;
+		s.macs = s.via == LOCAL_VIA_PEER;
 	}
 	if (bpf_map_update_elem(&patu_local_flows, &sk, &s, BPF_NOEXIST)) {
 		lcount(LC_ADMIT_FULL, 1);
@@ -441,6 +472,28 @@ static __always_inline int local_nat(struct __sk_buff *skb, const struct local_f
 	return 0;
 }
 
+/* A packet this large (a GSO packet of several segments) marks a bulk
+ * direction; request/response messages of up to 16 KiB stay straight in. */
+#define LOCAL_BULK_LEN 32768
+
+/* Moves a direction to the backlog at its first large packet, when the
+ * frame reaches the pod through its veth as it is: its MACs are rewritten
+ * (translated flows) or already name the pod's interface. */
+static __always_inline void local_via_backlog(struct __sk_buff *skb, struct local_flow *f)
+{
+	struct {
+		__u32 a;
+		__u16 b;
+	} __attribute__((packed)) dst, want;
+
+	__builtin_memcpy(&want, f->mac_dst, 6);
+	if (!f->macs && (bpf_skb_load_bytes(skb, 0, &dst, 6) || dst.a != want.a || dst.b != want.b)) {
+		f->via = LOCAL_VIA_PEER_ONLY;
+		return;
+	}
+	f->via = LOCAL_VIA_BACKLOG;
+}
+
 /*
  * The local path for one TCP packet a pod sent, entering the node by
  * ifindex. Returns a tc verdict when the packet was redirected (or had to
@@ -497,6 +550,13 @@ static __always_inline int local_tcp(struct __sk_buff *skb, struct local_key *k,
 		lcount(LC_REDIRECT_BYTES, len);
 		if (len > 65536)
 			lcount(LC_REDIRECT_BIG, 1);
+		if (f->via == LOCAL_VIA_PEER && len > LOCAL_BULK_LEN)
+			local_via_backlog(skb, f);
+		if (f->via == LOCAL_VIA_BACKLOG) {
+			lcount(LC_BACKLOG_PKTS, 1);
+			lcount(LC_BACKLOG_BYTES, len);
+			return bpf_redirect(f->to, 0);
+		}
 		return bpf_redirect_peer(f->to, 0);
 	}
 

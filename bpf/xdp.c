@@ -686,4 +686,5 @@ const enum port_kind *unused_port_kind __attribute__((unused));
 const enum local_state *unused_local_state __attribute__((unused));
 const enum local_counter *unused_local_counter __attribute__((unused));
 const enum local_nat *unused_local_nat __attribute__((unused));
+const enum local_via *unused_local_via __attribute__((unused));
 const struct settings *unused_settings __attribute__((unused));

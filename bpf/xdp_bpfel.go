@@ -73,7 +73,9 @@ const (
 	xdpLocalCounterLC_ADMIT_NAT      xdpLocalCounter = 14
 	xdpLocalCounterLC_SKIP_SNAT      xdpLocalCounter = 15
 	xdpLocalCounterLC_SKIP_NAT_FAIL  xdpLocalCounter = 16
-	xdpLocalCounterLC_MAX            xdpLocalCounter = 17
+	xdpLocalCounterLC_BACKLOG_PKTS   xdpLocalCounter = 17
+	xdpLocalCounterLC_BACKLOG_BYTES  xdpLocalCounter = 18
+	xdpLocalCounterLC_MAX            xdpLocalCounter = 19
 )
 
 type xdpLocalFlow struct {
@@ -85,7 +87,8 @@ type xdpLocalFlow struct {
 	Nat     uint8
 	Macs    uint8
 	NatPort uint16
-	Pad     uint16
+	Via     uint8
+	Pad     uint8
 	NatIp   [4]uint32
 	MacDst  [6]uint8
 	MacSrc  [6]uint8
@@ -139,6 +142,14 @@ const (
 	xdpLocalStateLOCAL_SYNACK  xdpLocalState = 2
 	xdpLocalStateLOCAL_OPEN    xdpLocalState = 3
 	xdpLocalStateLOCAL_CLOSING xdpLocalState = 4
+)
+
+type xdpLocalVia uint32
+
+const (
+	xdpLocalViaLOCAL_VIA_PEER      xdpLocalVia = 0
+	xdpLocalViaLOCAL_VIA_BACKLOG   xdpLocalVia = 1
+	xdpLocalViaLOCAL_VIA_PEER_ONLY xdpLocalVia = 2
 )
 
 type xdpPortKind uint32
@@ -244,6 +255,7 @@ const (
 	xdpVarUnusedLocalCounter = "unused_local_counter"
 	xdpVarUnusedLocalNat     = "unused_local_nat"
 	xdpVarUnusedLocalState   = "unused_local_state"
+	xdpVarUnusedLocalVia     = "unused_local_via"
 	xdpVarUnusedPortKind     = "unused_port_kind"
 	xdpVarUnusedRouteFlags   = "unused_route_flags"
 	xdpVarUnusedSettings     = "unused_settings"
@@ -325,6 +337,7 @@ type xdpVariableSpecs struct {
 	UnusedLocalCounter *ebpf.VariableSpec `ebpf:"unused_local_counter"`
 	UnusedLocalNat     *ebpf.VariableSpec `ebpf:"unused_local_nat"`
 	UnusedLocalState   *ebpf.VariableSpec `ebpf:"unused_local_state"`
+	UnusedLocalVia     *ebpf.VariableSpec `ebpf:"unused_local_via"`
 	UnusedPortKind     *ebpf.VariableSpec `ebpf:"unused_port_kind"`
 	UnusedRouteFlags   *ebpf.VariableSpec `ebpf:"unused_route_flags"`
 	UnusedSettings     *ebpf.VariableSpec `ebpf:"unused_settings"`
@@ -391,6 +404,7 @@ type xdpVariables struct {
 	UnusedLocalCounter *ebpf.Variable `ebpf:"unused_local_counter"`
 	UnusedLocalNat     *ebpf.Variable `ebpf:"unused_local_nat"`
 	UnusedLocalState   *ebpf.Variable `ebpf:"unused_local_state"`
+	UnusedLocalVia     *ebpf.Variable `ebpf:"unused_local_via"`
 	UnusedPortKind     *ebpf.Variable `ebpf:"unused_port_kind"`
 	UnusedRouteFlags   *ebpf.Variable `ebpf:"unused_route_flags"`
 	UnusedSettings     *ebpf.Variable `ebpf:"unused_settings"`

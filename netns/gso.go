@@ -16,18 +16,36 @@ func SetGSOMaxSize(nsPath, ifname string, size uint32) (uint32, error) {
 		if err != nil {
 			return err
 		}
-		if max := l.Attrs().TSOMaxSize; max > 0 && size > max {
-			size = max
-		}
-		if err := netlink.LinkSetGSOMaxSize(l, int(size)); err != nil {
-			return fmt.Errorf("gso_max_size %d: %w", size, err)
-		}
-		// Older kernels refuse the attribute: IPv6 alone gets the size.
-		netlink.LinkSetGSOIPv4MaxSize(l, int(size))
-		return nil
+		size, err = setGSOMaxSize(l, size)
+		return err
 	})
 	if err != nil {
 		return 0, fmt.Errorf("set GSO size of %s in %s: %w", ifname, nsPath, err)
 	}
+	return size, nil
+}
+
+// SetGSOMaxSizeIndex is SetGSOMaxSize for the device with index ifindex
+// in the caller's namespace.
+func SetGSOMaxSizeIndex(ifindex int, size uint32) (uint32, error) {
+	l, err := netlink.LinkByIndex(ifindex)
+	if err == nil {
+		size, err = setGSOMaxSize(l, size)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("set GSO size of ifindex %d: %w", ifindex, err)
+	}
+	return size, nil
+}
+
+func setGSOMaxSize(l netlink.Link, size uint32) (uint32, error) {
+	if max := l.Attrs().TSOMaxSize; max > 0 && size > max {
+		size = max
+	}
+	if err := netlink.LinkSetGSOMaxSize(l, int(size)); err != nil {
+		return 0, fmt.Errorf("gso_max_size %d: %w", size, err)
+	}
+	// Older kernels refuse the attribute: IPv6 alone gets the size.
+	netlink.LinkSetGSOIPv4MaxSize(l, int(size))
 	return size, nil
 }

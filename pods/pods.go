@@ -318,7 +318,9 @@ func SetCgroups(dp *bpf.Datapath, id string, dirs []string) error {
 
 // setBigTCP gives the pod's interface the GSO size patu load set (BIG TCP),
 // when one is set: its TCP then builds packets that large, which the
-// packet path hands to the other pod whole.
+// packet path hands to the other pod whole. The host-side veth gets it too:
+// a bulk direction's packets leave through it (bpf/local.h), and a device
+// cuts in software what is larger than its size.
 func setBigTCP(dp *bpf.Datapath, p bpf.Pod) error {
 	size, err := dp.BigTCP()
 	if err != nil || size == 0 || p.Netns == "" || len(p.IPs) == 0 {
@@ -328,6 +330,9 @@ func setBigTCP(dp *bpf.Datapath, p bpf.Pod) error {
 	if err != nil {
 		return err
 	}
-	_, err = netns.SetGSOMaxSize(p.Netns, pair.PodName, size)
+	if _, err := netns.SetGSOMaxSize(p.Netns, pair.PodName, size); err != nil {
+		return err
+	}
+	_, err = netns.SetGSOMaxSizeIndex(int(pair.HostIndex), size)
 	return err
 }

@@ -486,6 +486,7 @@ func writeLocal(out io.Writer, l LocalStatus) {
 	fmt.Fprintf(tw, "  answers not matched\t%d\t(the client is on another node, the node, or was masqueraded)\n", c.NotMatched)
 	fmt.Fprintf(tw, "  directions open / closing\t%d / %d\n", l.Open, l.Closing)
 	fmt.Fprintf(tw, "  pod to pod\t%d packets\t%d bytes\t(%d packets over 64 KiB: BIG TCP)\n", c.RedirectPackets, c.RedirectBytes, c.RedirectBig)
+	fmt.Fprintf(tw, "  … by the peer's host veth\t%d packets\t%d bytes\t(bulk directions: queued as the bridge path queues them)\n", c.BacklogPackets, c.BacklogBytes)
 	fmt.Fprintf(tw, "  closed\t%d FIN, %d RST\t(%d expired after the grace)\n", c.ClosedFIN, c.ClosedRST, c.Expired)
 	fmt.Fprintf(tw, "  conntrack\t%d kept alive, %d ended at close, %d without entry\n", c.ConntrackRefresh, c.ConntrackClose, c.ConntrackMissing)
 	if c.WrongVeth > 0 {

@@ -6,6 +6,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/patu-dev/patu/bpf"
 )
 
 func TestParseCPU(t *testing.T) {
@@ -150,5 +152,16 @@ func TestErrorKind(t *testing.T) {
 	}
 	if got := errorKind([]string{"write: broken pipe", "read: EOF"}); got != "EOF, EPIPE" {
 		t.Errorf("got %q", got)
+	}
+}
+
+// TestSubBacklog: what the packet path handed a receiver's host veth itself
+// (a bulk direction) is Patu's, not the bridge's.
+func TestSubBacklog(t *testing.T) {
+	before := snap{Stats: Stats{VethTx: 100, PatuBytes: 50, Local: bpf.LocalCounters{BacklogBytes: 20}}}
+	after := snap{Stats: Stats{VethTx: 1100, PatuBytes: 1000, Local: bpf.LocalCounters{BacklogBytes: 920}}}
+	d := after.sub(before)
+	if d.VethTx != 100 || d.PatuBytes != 950 || d.Local.BacklogBytes != 900 {
+		t.Errorf("sub: veth tx %d, patu %d, backlog %d; want 100, 950, 900", d.VethTx, d.PatuBytes, d.Local.BacklogBytes)
 	}
 }

@@ -20,8 +20,9 @@ type Stats struct {
 	// VethRx and VethTx are the pods' host-side veths' byte counters,
 	// summed: rx is what the pods sent into the node, tx what the node
 	// (the bridge) delivered to them. Patu's packet path enters by the
-	// sender's veth (rx) and skips the bridge and the receiver's veth
-	// (tx); the socket path skips both.
+	// sender's veth (rx) and skips the bridge; it hands a bulk direction
+	// to the receiver's veth itself, which VethTx leaves out. The socket
+	// path skips both veths.
 	VethRx uint64 `json:"veth_rx_bytes"`
 	VethTx uint64 `json:"veth_tx_bytes"`
 	// KernelCPU is system + irq + softirq time over all CPUs, seconds
@@ -101,13 +102,14 @@ func (a snap) sub(b snap) Stats {
 	d := a.Stats
 	d.VethRx -= b.VethRx
 	d.VethTx -= b.VethTx
+	d.Local = subLocal(a.Local, b.Local)
+	d.VethTx -= min(d.VethTx, d.Local.BacklogBytes)
 	d.KernelCPU = a.cpu.kernelSince(b.cpu)
 	d.BusyCPU = a.cpu.busySince(b.cpu)
 	d.PatuBytes -= b.PatuBytes
 	d.ConntrackInvalid -= b.ConntrackInvalid
 	d.InvalidDropped -= b.InvalidDropped
 	d.ForwardPackets -= b.ForwardPackets
-	d.Local = subLocal(a.Local, b.Local)
 	if a.Socket != nil && b.Socket != nil {
 		c := *a.Socket
 		c.RedirectMsgs -= b.Socket.RedirectMsgs
@@ -131,6 +133,8 @@ func subLocal(a, b bpf.LocalCounters) bpf.LocalCounters {
 	a.RedirectPackets -= b.RedirectPackets
 	a.RedirectBytes -= b.RedirectBytes
 	a.RedirectBig -= b.RedirectBig
+	a.BacklogPackets -= b.BacklogPackets
+	a.BacklogBytes -= b.BacklogBytes
 	a.ClosedFIN -= b.ClosedFIN
 	a.ClosedRST -= b.ClosedRST
 	a.Expired -= b.Expired

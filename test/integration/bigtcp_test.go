@@ -32,6 +32,23 @@ func TestBigTCP(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// A bulk direction leaves the node by the peer's host veth: cut to
+	// 64 KiB there, BIG TCP would be software GSO.
+	for _, p := range []int{a.HostIfindex, b.HostIfindex} {
+		err := e.net.Node.Do(func() error {
+			l, err := netlink.LinkByIndex(p)
+			if err != nil {
+				return err
+			}
+			if got := l.Attrs().GSOMaxSize; got != size {
+				t.Errorf("gso_max_size of host veth %s = %d, want %d", l.Attrs().Name, got, size)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 	for fam, ip := range families(b) {
 		t.Run(fam, func(t *testing.T) {
 			e.serve(b, addr(ip, 7030), "sink")
