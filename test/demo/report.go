@@ -13,6 +13,7 @@ type counterDelta struct {
 	Admitted        uint64 // connections that took the packet path
 	LocalPackets    uint64
 	LocalBytes      uint64
+	BacklogPackets  uint64 // of LocalPackets, handed to the peer's host veth
 	SocketsInserted uint64
 	RedirectMsgs    uint64
 	RedirectBytes   uint64
@@ -41,6 +42,7 @@ func diffCounters(sa, sb snapshot) *counterDelta {
 		Admitted:        sb.local.Admitted - sa.local.Admitted,
 		LocalPackets:    sb.local.RedirectPackets - sa.local.RedirectPackets,
 		LocalBytes:      sb.local.RedirectBytes - sa.local.RedirectBytes,
+		BacklogPackets:  sb.local.BacklogPackets - sa.local.BacklogPackets,
 		SocketsInserted: b.SocketsInserted - a.SocketsInserted,
 		RedirectMsgs:    b.RedirectMsgs - a.RedirectMsgs,
 		RedirectBytes:   b.RedirectBytes - a.RedirectBytes,
@@ -80,6 +82,9 @@ func (d *counterDelta) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%-28s %d\n", "connections admitted", d.Admitted)
 	fmt.Fprintf(&b, "%-28s %s packets, %.1f MiB (headers included)\n", "pod to pod, past the bridge", count(d.LocalPackets), mib(d.LocalBytes))
+	if d.BacklogPackets > 0 {
+		fmt.Fprintf(&b, "%-28s %s packets (bulk: queued as the bridge path queues them)\n", "… of them by the peer's veth", count(d.BacklogPackets))
+	}
 	if d.SocketsInserted == 0 && d.RedirectMsgs == 0 {
 		return b.String()
 	}
