@@ -38,12 +38,14 @@ built() {
 		[ -x "$OUT/$b" ] || return 1
 	done
 }
+. "$(dirname "$0")/apt.sh"
+# What the node runs, built or not: kube-proxy's nftables mode calls nft.
+apt_install_missing k8s-deps nftables || exit 1
 if built; then
 	log "ready: $STAMP in $OUT"
 	exit 0
 fi
 
-. "$(dirname "$0")/apt.sh"
 apt_install_missing k8s-deps gcc libc6-dev || exit 1
 if ! command -v go >/dev/null && [ -x /usr/local/go/bin/go ]; then
 	export PATH=$PATH:/usr/local/go/bin

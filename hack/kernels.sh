@@ -50,6 +50,11 @@ need() {
 	[ -x /bin/busybox ] && file -L /bin/busybox 2>/dev/null | grep -q static || pkgs+=(busybox-static)
 	command -v cpio >/dev/null || pkgs+=(cpio)
 	command -v file >/dev/null || pkgs+=(file)
+	# A kernel package's modules: unpacked, then indexed here (its postinst
+	# is never run).
+	command -v depmod >/dev/null || pkgs+=(kmod)
+	command -v unxz >/dev/null || pkgs+=(xz-utils)
+	command -v zstd >/dev/null || pkgs+=(zstd)
 	if [ ${#pkgs[@]} -gt 0 ]; then
 		echo "kernels: installing ${pkgs[*]}"
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
