@@ -514,6 +514,15 @@ static __always_inline int local_tcp(struct __sk_buff *skb, struct local_key *k,
 	__u64 now;
 
 	f = bpf_map_lookup_elem(&patu_local_flows, k);
+	if (f && f->from == skb->ifindex && (flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN) {
+		/* A new connection on the addresses and ports of one still
+		 * listed (its client port reused within the close grace): its
+		 * handshake goes through the node's netfilter like any other. */
+		local_peer_key(k, f, &rk);
+		bpf_map_delete_elem(&patu_local_flows, &rk);
+		bpf_map_delete_elem(&patu_local_flows, k);
+		f = NULL;
+	}
 	if (f) {
 		if (f->from != skb->ifindex) {
 			lcount(LC_WRONG_VETH, 1);

@@ -1,6 +1,9 @@
 package integration
 
 import (
+	"fmt"
+	"io"
+	"net"
 	"net/netip"
 	"testing"
 	"time"
@@ -68,4 +71,54 @@ func flowsTo(flows []bpf.LocalFlow, ip netip.Addr) []bpf.LocalFlow {
 		}
 	}
 	return out
+}
+
+// TestReusedPort: a client that reuses its port for a new connection to the
+// same server while the old connection's flow is still listed (closed by
+// RST, inside its close grace) opens a new connection: its handshake goes
+// through the node's netfilter and is admitted afresh, not carried past it
+// as a packet of the old flow.
+func TestReusedPort(t *testing.T) {
+	e := setup(t, "itu", 17, 2, packetPath, bpf.Options{})
+	a, b := e.net.Pods[0], e.net.Pods[1]
+	for fam, ip := range families(b) {
+		t.Run(fam, func(t *testing.T) {
+			srv := addr(ip, 7050)
+			e.serve(b, srv, "echo")
+			local := &net.TCPAddr{IP: families(a)[fam].AsSlice(), Port: 40050}
+			for i := range 3 {
+				l0 := e.local()
+				err := a.Do(func() error {
+					d := net.Dialer{LocalAddr: local, Timeout: 5 * time.Second}
+					c, err := d.Dial("tcp", srv.String())
+					if err != nil {
+						return err
+					}
+					tc := c.(*net.TCPConn)
+					defer tc.Close()
+					tc.SetDeadline(time.Now().Add(5 * time.Second))
+					msg := []byte(fmt.Sprintf("connection %d", i))
+					if _, err := tc.Write(msg); err != nil {
+						return err
+					}
+					got := make([]byte, len(msg))
+					if _, err := io.ReadFull(tc, got); err != nil {
+						return err
+					}
+					if string(got) != string(msg) {
+						return fmt.Errorf("echo %q, want %q", got, msg)
+					}
+					// RST: no TIME_WAIT, the port is free at once.
+					return tc.SetLinger(0)
+				})
+				if err != nil {
+					t.Fatalf("connection %d from port %d: %v", i, local.Port, err)
+				}
+				l1 := e.local()
+				if syns, adm := l1.SYNs-l0.SYNs, l1.Admitted-l0.Admitted; syns != 1 || adm != 1 {
+					t.Errorf("connection %d from port %d: %d SYNs seen, %d admitted; want 1 and 1", i, local.Port, syns, adm)
+				}
+			}
+		})
+	}
 }
