@@ -203,7 +203,12 @@ trap 'exit 130' INT TERM
 # load/unload during a stream, conntrack upkeep, Services on iptables and
 # IPVS) and the socket path where the kernel has it (stalled reader).
 # Left out: XDP uplinks (TestXDP*), BIG TCP, MPTCP, the other packages'
-# privileged tests, the e2e tier (runtimes) and benchmarks.
+# privileged tests, the e2e tier (runtimes) and benchmarks, and the bridge
+# path's subtests (-test.skip): they run no Patu code, only show that the
+# test's traffic works without Patu (the privileged tier shows that here).
+# Guests run one after the other: two side by side took longer than in
+# turn (TCG's threads contend; one guest's short-connection test ran 3x
+# slower).
 write_runlist() {
 	if [ -n "${KX_RUNLIST:-}" ]; then
 		sed "s#@BIN@#$RUN/bin#g" "$KX_RUNLIST" >"$1"
@@ -211,16 +216,19 @@ write_runlist() {
 	fi
 	if [ "$ARCH" != "$(dpkg --print-architecture)" ]; then
 		# No iptables or conntrack tool in that guest: no Services or
-		# conntrack cases.
+		# conntrack cases. What another architecture can get wrong is the
+		# programs' loading and JIT, which one of each kind of traffic
+		# shows: the 2000 short connections (and the late peer, a socket
+		# path case, off on 6.1) are left to amd64.
 		cat >"$1" <<-EOF
 			bpf $RUN/bin/bpf.test -test.run ^(TestFeatures|TestRedirectCharged)$ -test.timeout 10m
-			integration $RUN/bin/integration.test -test.run ^(TestRedirect|TestRedirectLegacyTC|TestShortConnections|TestCloseSemantics|TestLatePeer|TestSplice|TestLifecycleDuringStream)$ -test.timeout 12m
+			integration $RUN/bin/integration.test -test.run ^(TestRedirect|TestRedirectLegacyTC|TestCloseSemantics|TestSplice|TestLifecycleDuringStream)$ -test.skip /^bridge$ -test.timeout 12m
 		EOF
 		return
 	fi
 	cat >"$1" <<-EOF
 		bpf $RUN/bin/bpf.test -test.run ^(TestFeatures|TestLoadIsIdempotentAndUpgradesInPlace|TestRedirectCharged)$ -test.timeout 10m
-		integration $RUN/bin/integration.test -test.run ^(TestRedirect|TestRedirectLegacyTC|TestShortConnections|TestCloseSemantics|TestLatePeer|TestSplice|TestLifecycleDuringStream|TestStalledReader|TestConntrack|TestServices|TestServicesIPVS)$ -test.timeout 12m
+		integration $RUN/bin/integration.test -test.run ^(TestRedirect|TestRedirectLegacyTC|TestShortConnections|TestCloseSemantics|TestLatePeer|TestSplice|TestLifecycleDuringStream|TestStalledReader|TestConntrack|TestServices|TestServicesIPVS)$ -test.skip /^bridge$ -test.timeout 12m
 	EOF
 }
 

@@ -193,8 +193,11 @@ func testFlavor(t *testing.T, cfg rtlab.Config, sweep bool) {
 		expectReply(t, lab, ctrA, b.IPs[1], "hello-from-pod-b")
 	}
 	// The server logs what it got; containerd writes the log
-	// asynchronously, so it may lag behind the reply.
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+	// asynchronously, so it may lag behind the reply. The client may also
+	// not have sent its ping at all: busybox nc exits when the server's
+	// reply and FIN arrive before it has read its own stdin. So ask again
+	// while the log has none.
+	for deadline, next := time.Now().Add(10*time.Second), time.Now().Add(time.Second); ; time.Sleep(10 * time.Millisecond) {
 		log, err := lab.ContainerLog(ctrB)
 		if err == nil && strings.Contains(string(log), "ping") {
 			break
@@ -202,6 +205,10 @@ func testFlavor(t *testing.T, cfg rtlab.Config, sweep bool) {
 		if err != nil || time.Now().After(deadline) {
 			t.Errorf("log of pod b's server: %q, %v; want the client's ping", log, err)
 			break
+		}
+		if time.Now().After(next) {
+			expectReply(t, lab, ctrA, b.IP, "hello-from-pod-b")
+			next = time.Now().Add(time.Second)
 		}
 	}
 

@@ -74,7 +74,11 @@ func TestRedirect(t *testing.T) {
 						if got := l1.RedirectBytes - l0.RedirectBytes; got < uint64(res.Bytes) {
 							t.Fatalf("packet path carried %d bytes of a %d-byte stream", got, res.Bytes)
 						}
-						if pkts > bridgePkts[fam]/10 {
+						// A tenth of the bridge path's; when its subtest
+						// was skipped (the kernel matrix), a tenth of the
+						// least that subtest accepts.
+						limit := max(bridgePkts[fam], 1000) / 10
+						if pkts > limit {
 							t.Fatalf("%d packets into the server by the bridge on the packet path (bridge path: %d)", pkts, bridgePkts[fam])
 						}
 						if backlog == 0 {

@@ -186,9 +186,11 @@ func TestPodman(t *testing.T) {
 
 	t.Run("churn", func(t *testing.T) {
 		e := e.with(t)
-		n, width := 100, 5
+		// 40 containers (1.4 s each on 2 cores) to stay inside CI's
+		// time; PATU_PODMAN_CHURN=100 for a longer churn.
+		n, width := 40, 5
 		if v, err := strconv.Atoi(os.Getenv("PATU_PODMAN_CHURN")); err == nil && v > 0 {
-			n = v // for quicker local runs
+			n = v
 		}
 		start := time.Now()
 		ids := make([]string, n)
@@ -242,10 +244,12 @@ func TestPodman(t *testing.T) {
 
 // startCost measures what the hooks add to a container start: podman run
 // -d with the hooks.d files and without (interleaved, so load on the
-// machine hits both alike), and patu hook alone, exec'd as runc does.
+// machine hits both alike), and patu hook alone, exec'd as runc does. It
+// asserts only that each works: the figures are logged, from 4 rounds by
+// default (CI's time); PATU_PODMAN_ROUNDS=20 for figures worth quoting.
 func startCost(t *testing.T, e *env, live string) {
 	ctx := context.Background()
-	rounds := 20
+	rounds := 4
 	if v, err := strconv.Atoi(os.Getenv("PATU_PODMAN_ROUNDS")); err == nil && v > 0 {
 		rounds = v
 	}
