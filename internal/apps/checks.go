@@ -148,8 +148,12 @@ func (r *Runner) checkLifecycle(t *topo, o *Outcome) {
 			o.fail("open flow: unload found %d sockets still in the socket map", res.LiveSockets)
 		}
 	}
+	// Every pod first, then the waits: the kernel frees the namespaces
+	// deleted meanwhile in one batch, where one at a time each waits its
+	// turn behind every other namespace on the machine being freed.
+	sockets := map[int]string{}
 	for i, p := range t.net.Pods {
-		sockets := podSockets(p.NetnsPath)
+		sockets[i] = podSockets(p.NetnsPath)
 		if err := killCgroup(p.CgroupDir); err != nil {
 			o.fail("delete pod %s: %v", p.Name, err)
 		}
@@ -158,9 +162,15 @@ func (r *Runner) checkLifecycle(t *topo, o *Outcome) {
 			continue
 		}
 		t.deleted[i] = true
-		if err := waitGone(t.net.Node.NetnsPath, p.HostIfindex, settle); err != nil {
+	}
+	deadline := time.Now().Add(settle)
+	for i, p := range t.net.Pods {
+		if !t.deleted[i] {
+			continue
+		}
+		if err := waitGone(t.net.Node.NetnsPath, p.HostIfindex, time.Until(deadline)); err != nil {
 			o.fail("outlived netns: pod %s deleted, but its host veth %s is still there after %s (%v): its network namespace outlived the pod; its sockets at deletion:\n%s",
-				p.Name, p.HostVeth, settle, err, sockets)
+				p.Name, p.HostVeth, settle, err, sockets[i])
 		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -95,10 +96,18 @@ func netConfig(prefix string, subnet, n int) testnet.Config {
 	}
 }
 
+// socketPathOff is why the socket path is off on this kernel, once a load
+// found it off: later socket-path subtests skip before building their
+// topology (seconds each in the kernel matrix's emulated guests).
+var socketPathOff atomic.Pointer[string]
+
 // setupNet is setup on a topology of the caller's making.
 func setupNet(t *testing.T, cfg testnet.Config, m mode, opts bpf.Options) *env {
 	t.Helper()
 	testnet.Privileged(t)
+	if why := socketPathOff.Load(); m == socketPath && why != nil {
+		t.Skipf("the socket path is off on this kernel: %s", *why)
+	}
 	// PATU_TEST_PREFIX goes before every test's prefix: a run beside
 	// another run of the same tests on one machine keeps its own names.
 	cfg.Prefix = os.Getenv("PATU_TEST_PREFIX") + cfg.Prefix
@@ -129,6 +138,7 @@ func setupNet(t *testing.T, cfg testnet.Config, m mode, opts bpf.Options) *env {
 			}
 		})
 		if f := dp.Features().Get(bpf.FeatureSocketPath); m == socketPath && !f.On {
+			socketPathOff.Store(&f.Reason)
 			t.Skipf("the socket path is off on this kernel: %s", f.Reason)
 		}
 		for _, p := range nt.Pods {

@@ -126,6 +126,9 @@ spec:
 // TestK3s runs the whole story on a K3s-shaped node with kube-proxy in
 // iptables mode.
 func TestK3s(t *testing.T) {
+	// Beside TestK3sNFTables: two nodes, each its own names, netns and
+	// cgroup root; the short one ends while this one is still early.
+	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 	defer cancel()
 	n := startNode(t, ctx, "ipt", k8slab.ProxyIPTables)
@@ -354,6 +357,7 @@ func (n *node) daemonPid() (int, error) {
 
 // TestK3sNFTables: the Service checks with kube-proxy in nftables mode.
 func TestK3sNFTables(t *testing.T) {
+	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	n := startNode(t, ctx, "nft", k8slab.ProxyNFTables)
