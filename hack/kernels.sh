@@ -205,7 +205,11 @@ trap 'exit 130' INT TERM
 # Left out: XDP uplinks (TestXDP*), BIG TCP, MPTCP, the other packages'
 # privileged tests, the e2e tier (runtimes) and benchmarks, and the bridge
 # path's subtests (-test.skip): they run no Patu code, only show that the
-# test's traffic works without Patu (the privileged tier shows that here).
+# test's traffic works without Patu (the privileged tier shows that here);
+# TestLatePeer, whose late peer is a test hook's delay of the opt-in
+# socket path's records, not something a kernel changes (41 s on 6.12);
+# and the 2000 short connections on the socket path (34 s on 6.12): the
+# packet path's run them on every kernel, the socket path's on the host.
 # Guests run one after the other: two side by side took longer than in
 # turn (TCG's threads contend; one guest's short-connection test ran 3x
 # slower).
@@ -228,7 +232,8 @@ write_runlist() {
 	fi
 	cat >"$1" <<-EOF
 		bpf $RUN/bin/bpf.test -test.run ^(TestFeatures|TestLoadIsIdempotentAndUpgradesInPlace|TestRedirectCharged)$ -test.timeout 10m
-		integration $RUN/bin/integration.test -test.run ^(TestRedirect|TestRedirectLegacyTC|TestShortConnections|TestCloseSemantics|TestLatePeer|TestSplice|TestLifecycleDuringStream|TestStalledReader|TestConntrack|TestServices|TestServicesIPVS)$ -test.skip /^bridge$ -test.timeout 12m
+		integration $RUN/bin/integration.test -test.run ^(TestRedirect|TestRedirectLegacyTC|TestCloseSemantics|TestSplice|TestLifecycleDuringStream|TestStalledReader|TestConntrack|TestServices|TestServicesIPVS)$ -test.skip /^bridge$ -test.timeout 12m
+		short $RUN/bin/integration.test -test.run ^TestShortConnections$/^packet$ -test.timeout 12m
 	EOF
 }
 
