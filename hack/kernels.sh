@@ -209,7 +209,8 @@ trap 'exit 130' INT TERM
 # TestLatePeer, whose late peer is a test hook's delay of the opt-in
 # socket path's records, not something a kernel changes (41 s on 6.12);
 # and the 2000 short connections on the socket path (34 s on 6.12): the
-# packet path's run them on every kernel, the socket path's on the host.
+# packet path's run them on every amd64 kernel, the socket path's on
+# the host.
 # Guests run one after the other: two side by side took longer than in
 # turn (TCG's threads contend; one guest's short-connection test ran 3x
 # slower).
